@@ -1,0 +1,1 @@
+"""Triton kernels of logo_attn, installed as ``logo_attn.kernels`` (never import as top-level ``kernels``)."""

@@ -1,0 +1,192 @@
+"""Which backends this install has, how ``backend="auto"`` chooses, and why the others cannot run.
+
+A backend is a module exposing the six functions of the backend protocol (see `PROTOCOL`), all on
+real tensors, all returning freshly allocated contiguous tensors:
+
+    local_attn_fwd(q, k, v, grid, window, scale)                   -> (out, lse)
+    local_attn_bwd(dout, q, k, v, out, lse, grid, window, scale)   -> (dq, dk, dv)
+    global_attn_fwd(q, k, v, scale)                                -> (out, lse)
+    global_attn_bwd(dout, q, k, v, out, lse, scale)                -> (dq, dk, dv)
+    window_pool_fwd(x, grid, window)                               -> out
+    window_pool_bwd(dout, grid, window)                            -> dx
+
+q/k/v are (B, N, heads, d) with any strides, lse is (B, heads, N) in fp32 (fp64 for fp64 inputs).
+Like xformers' ``not_supported_reasons``, every refusal comes with a sentence saying why.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+from dataclasses import dataclass
+
+import torch
+
+NAMES = ("auto", "triton", "cuda", "cpu", "torch")
+PROTOCOL = (
+    "local_attn_fwd", "local_attn_bwd", "global_attn_fwd", "global_attn_bwd", "window_pool_fwd", "window_pool_bwd",
+)
+
+# Module implementing the protocol, per backend. "cpu" and "cuda" share the C++ extension: the
+# dispatcher picks the kernel by the tensors' device.
+_MODULES = {"torch": "logo_attn.reference", "triton": "logo_attn.kernels", "cpu": "logo_attn._cpp", "cuda": "logo_attn._cpp"}
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+@dataclass(frozen=True)
+class Capability:
+    """What a backend computes: device type, dtypes and the largest head dim its kernels hold."""
+
+    device: str | None  # None: any device
+    dtypes: tuple[torch.dtype, ...]
+    max_head_dim: int | None = None
+
+
+CAPABILITIES = {
+    "torch": Capability(None, (*_HALF, torch.float32, torch.float64)),
+    "triton": Capability("cuda", (*_HALF, torch.float32), max_head_dim=256),
+    "cuda": Capability("cuda", (*_HALF, torch.float32), max_head_dim=256),
+    "cpu": Capability("cpu", (torch.bfloat16, torch.float32, torch.float64)),
+}
+
+# The order "auto" tries, per device type; the reference always closes the list.
+AUTO_ORDER = {"cuda": ("triton", "cuda", "torch"), "cpu": ("cpu", "torch")}
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    available: bool
+    reason: str
+
+    def __bool__(self) -> bool:
+        return self.available
+
+
+def triton_interpreted() -> bool:
+    """True when Triton kernels run under the interpreter (TRITON_INTERPRET=1, read when they are defined)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@functools.cache
+def _import_problem(backend: str) -> str | None:
+    """Why the backend's module cannot be imported, or None if it imports and implements the protocol."""
+    if backend == "triton" and importlib.util.find_spec("triton") is None:
+        return "Triton is not installed (pip install triton)"
+    try:
+        module = importlib.import_module(_MODULES[backend])
+    except ImportError as error:
+        if backend in ("cpu", "cuda"):
+            return (
+                f"the C++ extension logo_attn._C was not built ({error}); "
+                "install with `pip install --no-build-isolation .` next to an installed torch"
+            )
+        return f"{_MODULES[backend]} failed to import: {error}"
+    missing = [name for name in PROTOCOL if not hasattr(module, name)]
+    if missing:
+        return f"{_MODULES[backend]} does not implement {', '.join(missing)}"
+    return None
+
+
+def _cuda_kernels_problem() -> str | None:
+    problem = _import_problem("cuda")
+    if problem:
+        return problem
+    if torch.version.cuda is None:
+        return "the CUDA extension needs a PyTorch with CUDA, and this one is CPU-only (torch.version.cuda is None)"
+    if not importlib.import_module("logo_attn._cpp").has_cuda_kernels():
+        return (
+            "logo_attn._C was built without its CUDA kernels (nvcc was not found at build time, or "
+            "LOGO_ATTN_SKIP_CUDA=1); reinstall with LOGO_ATTN_FORCE_CUDA=1 to build them or see why they fail"
+        )
+    return None
+
+
+def _install_problem(backend: str) -> str | None:
+    """Why the backend cannot run on any tensor of this install, or None."""
+    if backend == "torch":
+        return None
+    if backend == "cuda":
+        return _cuda_kernels_problem()
+    return _import_problem(backend)
+
+
+def _device_problem(backend: str, device_type: str) -> str | None:
+    """Why the backend cannot run on tensors of this device type, or None."""
+    wanted = CAPABILITIES[backend].device
+    if wanted is None or wanted == device_type:
+        return None
+    if backend == "triton" and device_type == "cpu":
+        if triton_interpreted():
+            return None
+        return "Triton runs on CPU tensors only under its interpreter: set TRITON_INTERPRET=1 before importing logo_attn"
+    return f"backend {backend!r} runs on {wanted} tensors, got {device_type} tensors"
+
+
+def _input_problem(backend: str, device_type: str, dtype: torch.dtype, head_dim: int) -> str | None:
+    """Why the backend cannot compute this dtype or head dim, or None."""
+    cap = CAPABILITIES[backend]
+    if dtype not in cap.dtypes:
+        names = ", ".join(str(d).removeprefix("torch.") for d in cap.dtypes)
+        return f"backend {backend!r} computes {names}, got {str(dtype).removeprefix('torch.')}"
+    if backend == "triton" and device_type == "cpu" and dtype == torch.bfloat16:
+        return "Triton's interpreter computes bfloat16 tl.dot wrongly; use float16/float32 on CPU or a GPU"
+    if cap.max_head_dim is not None and head_dim > cap.max_head_dim:
+        return f"backend {backend!r} supports head_dim up to {cap.max_head_dim}, got {head_dim}"
+    return None
+
+
+def why_not(backend: str, device_type: str, dtype: torch.dtype, head_dim: int) -> str | None:
+    """The first reason `backend` cannot run on these inputs, or None when it can."""
+    return (
+        _install_problem(backend)
+        or _device_problem(backend, device_type)
+        or _input_problem(backend, device_type, dtype, head_dim)
+    )
+
+
+def check_name(backend: object) -> None:
+    if not isinstance(backend, str) or backend not in NAMES:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, NAMES))}, got {backend!r}")
+
+
+@functools.lru_cache(maxsize=None)
+def choose(backend: str, device_type: str, dtype: torch.dtype, head_dim: int, interpreted: bool) -> str:
+    """Resolve `backend` for inputs of this device type, dtype and head dim to a concrete backend name.
+
+    "auto" takes the first backend of `AUTO_ORDER` that can run; an explicit backend that cannot
+    run raises ValueError saying why. `interpreted` is part of the cache key only.
+    """
+    check_name(backend)
+    if backend == "auto":
+        for candidate in AUTO_ORDER.get(device_type, ("torch",)):
+            if why_not(candidate, device_type, dtype, head_dim) is None:
+                return candidate
+        return "torch"
+    problem = why_not(backend, device_type, dtype, head_dim)
+    if problem:
+        raise ValueError(f"backend {backend!r} cannot run here: {problem}")
+    return backend
+
+
+def module_for(backend: str, tensor: torch.Tensor, head_dim: int | None = None):
+    """The protocol module that computes `backend` for inputs like `tensor` (resolving "auto")."""
+    head_dim = tensor.shape[-1] if head_dim is None else head_dim
+    name = choose(backend, tensor.device.type, tensor.dtype, int(head_dim), triton_interpreted())
+    return importlib.import_module(_MODULES[name])
+
+
+def available_backends() -> dict[str, BackendStatus]:
+    """Every concrete backend with whether this install can run it on some device here, and why not."""
+    has_gpu = torch.cuda.is_available()
+    status = {}
+    for name in ("triton", "cuda", "cpu", "torch"):
+        problem = _install_problem(name)
+        if problem is None and CAPABILITIES[name].device == "cuda" and not has_gpu:
+            problem = _device_problem(name, "cpu") if name == "triton" else "no CUDA device is visible"
+            if problem is None:
+                status[name] = BackendStatus(True, "available on CPU tensors under the Triton interpreter")
+                continue
+        status[name] = BackendStatus(problem is None, problem or "available")
+    return status

@@ -1,0 +1,35 @@
+"""`python -m logo_attn.info`: versions, devices and which backends this install can run, and why not."""
+
+import platform
+
+import torch
+
+from . import __version__, available_backends
+from .backends import AUTO_ORDER
+
+
+def report() -> str:
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = "not installed"
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none visible"
+    lines = [
+        f"logo_attn {__version__}",
+        f"python {platform.python_version()}, torch {torch.__version__} (CUDA {torch.version.cuda}), triton {triton_version}",
+        f"GPU: {gpu}",
+        "",
+        "backends:",
+    ]
+    for name, status in available_backends().items():
+        mark = "yes" if status.available else "no "
+        lines.append(f"  {name:<7} {mark}  {status.reason}")
+    lines.append("")
+    lines.append('backend="auto" tries, in order: ' + "; ".join(f"{dev} tensors: {', '.join(order)}" for dev, order in AUTO_ORDER.items()))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(report())
