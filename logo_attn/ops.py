@@ -87,6 +87,15 @@ def clip_window(grid: Sequence[int], window: Sequence[int]) -> tuple[int, int, i
     return tuple(min(w, g) for w, g in zip(window, grid))
 
 
+def _distinct(*tensors: Tensor) -> tuple[Tensor, ...]:
+    """Replace a tensor passed twice (e.g. k is v) by a view of itself: torch.compile cannot trace an
+    autograd.Function that receives the same tensor twice, and a view costs nothing."""
+    seen: list[Tensor] = []
+    for t in tensors:
+        seen.append(t.view_as(t) if any(t is other for other in seen) else t)
+    return tuple(seen)
+
+
 def _lse_like(q: Tensor, heads: int, tokens: int) -> Tensor:
     return q.new_empty((q.shape[0], heads, tokens), dtype=accumulation_dtype(q.dtype))
 
@@ -184,6 +193,7 @@ def local_attention(
         if t.shape[1] != tokens:
             raise ValueError(f"{op}: {name} has {t.shape[1]} tokens but grid {tuple(grid)} has F*H*W = {tokens}")
     backends.check_name(backend)
+    q, k, v = _distinct(q, k, v)
     out, _ = LocalAttnFunction.apply(q, k, v, list(grid), list(window), _scale(scale, q.shape[-1], op), backend)
     return out if grid_shape is None else out.unflatten(1, grid_shape)
 
@@ -268,6 +278,7 @@ def global_attention(
     _tensors(op, q=q, k=k, v=v)
     _attention_shapes(op, q, k, v)
     backends.check_name(backend)
+    q, k, v = _distinct(q, k, v)
     out, _ = GlobalAttnFunction.apply(q, k, v, _scale(scale, q.shape[-1], op), backend)
     return out
 

@@ -1,0 +1,39 @@
+"""Test configuration shared by every suite.
+
+- Without a GPU, Triton kernels run under the interpreter: TRITON_INTERPRET must be set before any
+  kernel is defined, i.e. before logo_attn.kernels is imported, so it is set here.
+- `poison_empty` fills every tensor from torch.empty* with NaN (flash-linear-attention does this),
+  so an output element a kernel forgets to write fails the comparison instead of passing as zero.
+"""
+
+import os
+
+import torch
+
+if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+
+
+def _nan_fill(t):
+    if isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex()) and t.device.type != "meta":
+        t.fill_(float("nan"))
+    return t
+
+
+@pytest.fixture
+def poison_empty(monkeypatch):
+    """torch.empty, empty_like, empty_strided and Tensor.new_empty return NaN-filled tensors."""
+    for name in ("empty", "empty_like", "empty_strided"):
+        original = getattr(torch, name)
+        monkeypatch.setattr(torch, name, lambda *a, _f=original, **k: _nan_fill(_f(*a, **k)))
+    new_empty = torch.Tensor.new_empty
+    monkeypatch.setattr(torch.Tensor, "new_empty", lambda self, *a, **k: _nan_fill(new_empty(self, *a, **k)))
+    yield
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
