@@ -1,0 +1,388 @@
+"""Time logo_attn's ops and layer against the peers a user would write, in one run (DESIGN §7).
+
+For each op (local_attention, global_attention, window_pool) and the whole LocalGlobalAttention
+layer, every implementation (the op on each selected backend, then the peers of `benchmarks.peers`)
+is first checked against the float64 PyTorch reference (output and gradients), then timed forward,
+backward and forward+backward: median with 20/80 percentiles, achieved TFLOP/s (FLOPs from
+`logo_attn.flops`, the formulas the ops register; for the layer, FlopCounterMode's count of the same
+layer), achieved GB/s (each input read once, each output written once), the fraction of the device's
+roofline where it is known (DESIGN §7), and peak memory. `t/t_op` is a row's median over the median
+of the first implementation (the op on the first backend) in the same run: above 1, the op is faster.
+
+    python benchmarks/bench_ops.py                       # CPU preset: issue #4 shape, fp32, 2 threads
+    python benchmarks/bench_ops.py --preset gpu          # bf16, B=32, grids 16x7x7 and 16x14x14
+    python benchmarks/bench_ops.py --backend cpu torch --ops local --modes fwdbwd --grid 16x14x14
+
+Results go to benchmarks/results/bench_ops_<device>.json and .csv (override with --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks` and an uninstalled `logo_attn` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+from torch import Tensor
+
+import logo_attn
+from benchmarks import peers
+from benchmarks.counting import count_flops
+from benchmarks.environment import ROOT, Roofline, device_tag, environment, header_line, roofline_for
+from benchmarks.results import table, write_results
+from benchmarks.timing import measure, peak_memory
+from logo_attn import backends
+from logo_attn.flops import attention_flops, local_attention_pairs
+from logo_attn.ops import clip_window
+from logo_attn.reference import num_windows
+
+MODES = ("fwd", "bwd", "fwdbwd")
+OPS = ("local", "global", "pool", "layer")
+LOCAL_PEERS = ("partition_sdpa", "flex", "masked_full")
+GLOBAL_PEERS = ("sdpa",)
+POOL_PEERS = ("avg_pool3d", "partition_mean")
+LAYER_PEERS = ("sdpa_layer",)
+PEERS = LOCAL_PEERS + GLOBAL_PEERS + POOL_PEERS + LAYER_PEERS
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+# Largest relative error (||x - ref|| / ||ref|| against float64) accepted before a row is timed:
+# fp32 sums in another order stay near 1e-6; half precision rounds every stored value (bf16: 8 bits).
+CHECK_TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 4e-2}
+
+PRESETS = {
+    # issue #4's CPU target shape
+    "cpu": dict(device="cpu", dtype="float32", batch=4, grids=["16x7x7"], window="2x7x7", heads=8, head_dim=64,
+                global_keys=None, threads=2),
+    # issue #3/#7's GPU target shapes; Nk = 8..128 for the global op
+    "gpu": dict(device="cuda", dtype="bfloat16", batch=32, grids=["16x7x7", "16x14x14"], window="2x7x7", heads=8,
+                head_dim=64, global_keys=[8, 32, 128], threads=None),
+}
+
+
+def parse_triple(text: str) -> tuple[int, int, int]:
+    parts = tuple(int(p) for p in text.lower().split("x"))
+    if len(parts) != 3 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"expected FxHxW with positive ints, e.g. 16x7x7, got {text!r}")
+    return parts
+
+
+@dataclass
+class Impl:
+    """One implementation of a case: `fn()` runs its forward; gradients are taken for `leaves`."""
+
+    name: str
+    fn: Callable[[], Tensor]
+    leaves: list[Tensor]
+    no_backward: str | None = None  # why it has no backward, if it has none
+
+
+@dataclass
+class Case:
+    op: str
+    shape: dict
+    impls: list[Impl]
+    reference: Impl  # float64, PyTorch reference backend
+    flops: dict[str, int | None]
+    bytes: dict[str, int | None] = field(default_factory=lambda: dict.fromkeys(MODES))
+
+
+def _fwdbwd(fwd: int | None, bwd: int | None) -> dict[str, int | None]:
+    return {"fwd": fwd, "bwd": bwd, "fwdbwd": None if fwd is None or bwd is None else fwd + bwd}
+
+
+def _randn(*shape: int, device, dtype, requires_grad: bool = True) -> Tensor:
+    return torch.randn(*shape, device=device, dtype=dtype).requires_grad_(requires_grad)
+
+
+def _float64(tensors: Sequence[Tensor]) -> list[Tensor]:
+    return [t.detach().double().requires_grad_() for t in tensors]
+
+
+def _attention_bytes(batch: int, queries: int, keys: int, heads: int, head_dim: int, dtype: torch.dtype):
+    """Fewest bytes moved: fwd reads q, k, v and writes out + fp32 lse; bwd reads q, k, v, out, dout, lse, writes dq, dk, dv."""
+    q = batch * queries * heads * head_dim * dtype.itemsize
+    kv = batch * keys * heads * head_dim * dtype.itemsize
+    lse = batch * heads * queries * 4
+    return _fwdbwd(2 * q + 2 * kv + lse, 3 * q + 2 * kv + lse + q + 2 * kv)
+
+
+def local_case(args, grid, backend_names, peer_names, device, dtype) -> Case:
+    B, heads, d, window = args.batch, args.heads, args.head_dim, clip_window(grid, args.window)
+    tokens = math.prod(grid)
+    qkv = _randn(B, tokens, 3, heads, d, device=device, dtype=dtype)  # one packed projection, as a layer has
+
+    def op(backend, packed=qkv):
+        return lambda: logo_attn.local_attention(*packed.unbind(2), grid, window, backend=backend)
+
+    impls = [Impl(f"op[{b}]", op(b), [qkv]) for b in backend_names]
+    if "partition_sdpa" in peer_names:
+        impls.append(Impl("partition+sdpa", lambda: peers.partition_sdpa(*qkv.unbind(2), grid, window), [qkv]))
+    if "flex" in peer_names:
+        flex = peers.FlexLocalAttention(grid, window, device)
+        packed = qkv if flex.has_backward else qkv.detach()
+        impls.append(Impl("flex(compiled)", lambda: flex(*packed.unbind(2)), [qkv],
+                          None if flex.has_backward else "FlexAttention has no backward on CPU"))
+    if "masked_full" in peer_names:
+        impls.append(Impl("full sdpa+mask", lambda: peers.masked_full_sdpa(*qkv.unbind(2), grid, window), [qkv]))
+    (qkv64,) = _float64([qkv])
+    pairs = local_attention_pairs(grid, window)
+    return Case(
+        "local_attention", dict(batch=B, grid=grid, window=window, heads=heads, head_dim=d, keys=None), impls,
+        Impl("reference[fp64]", op("torch", qkv64), [qkv64]),
+        _fwdbwd(attention_flops(pairs, B, heads, d), attention_flops(pairs, B, heads, d, backward=True)),
+        _attention_bytes(B, tokens, tokens, heads, d, dtype),
+    )
+
+
+def global_case(args, grid, keys, backend_names, peer_names, device, dtype) -> Case:
+    B, heads, d = args.batch, args.heads, args.head_dim
+    tokens = math.prod(grid)
+    q = _randn(B, tokens, heads, d, device=device, dtype=dtype)
+    kv = _randn(B, keys, 2, heads, d, device=device, dtype=dtype)  # the layer's packed k/v projection
+
+    def op(backend, q=q, kv=kv):
+        return lambda: logo_attn.global_attention(q, *kv.unbind(2), backend=backend)
+
+    impls = [Impl(f"op[{b}]", op(b), [q, kv]) for b in backend_names]
+    if "sdpa" in peer_names:
+        impls.append(Impl("sdpa", lambda: peers.sdpa_global(q, *kv.unbind(2)), [q, kv]))
+    q64, kv64 = _float64([q, kv])
+    return Case(
+        "global_attention", dict(batch=B, grid=grid, window=None, heads=heads, head_dim=d, keys=keys), impls,
+        Impl("reference[fp64]", op("torch", q64, kv64), [q64, kv64]),
+        _fwdbwd(attention_flops(tokens * keys, B, heads, d), attention_flops(tokens * keys, B, heads, d, backward=True)),
+        _attention_bytes(B, tokens, keys, heads, d, dtype),
+    )
+
+
+def pool_case(args, grid, backend_names, peer_names, device, dtype) -> Case:
+    B, C, window = args.batch, args.heads * args.head_dim, clip_window(grid, args.window)
+    tokens, windows = math.prod(grid), math.prod(num_windows(grid, window))
+    x = _randn(B, tokens, C, device=device, dtype=dtype)
+
+    def op(backend, x=x):
+        return lambda: logo_attn.window_pool(x, grid, window, backend=backend)
+
+    impls = [Impl(f"op[{b}]", op(b), [x]) for b in backend_names]
+    if "avg_pool3d" in peer_names:
+        impls.append(Impl("avg_pool3d", lambda: peers.avg_pool3d_pool(x, grid, window), [x]))
+    if "partition_mean" in peer_names:
+        impls.append(Impl("partition+mean", lambda: peers.partition_mean(x, grid, window), [x]))
+    (x64,) = _float64([x])
+    moved = (B * tokens * C + B * windows * C) * dtype.itemsize  # read x, write the means (and the reverse)
+    return Case("window_pool", dict(batch=B, grid=grid, window=window, heads=None, head_dim=C, keys=None), impls,
+                Impl("reference[fp64]", op("torch", x64), [x64]), _fwdbwd(None, None), _fwdbwd(moved, moved))
+
+
+def layer_flops(dim, heads, window, prefix, batch, grid) -> dict[str, int]:
+    """FlopCounterMode's count of the layer (projections + attention) on the meta device, fwd and bwd."""
+    tokens = prefix + math.prod(grid)
+
+    def run():
+        with torch.device("meta"):
+            layer = logo_attn.LocalGlobalAttention(dim, heads, window, num_prefix_tokens=prefix, backend="torch")
+            x = torch.empty(batch, tokens, dim, requires_grad=True)
+        return layer(x, grid)
+
+    fwd = count_flops(run)["total"]
+    return _fwdbwd(fwd, count_flops(run, backward=True)["total"] - fwd)
+
+
+def layer_case(args, grid, backend_names, peer_names, device, dtype) -> Case:
+    B, heads, C, P = args.batch, args.heads, args.heads * args.head_dim, args.prefix
+    layer = logo_attn.LocalGlobalAttention(C, heads, args.window, num_prefix_tokens=P).to(device, dtype)
+    x = _randn(B, P + math.prod(grid), C, device=device, dtype=dtype)
+
+    def variant(module, backend=None, x=x):
+        module = copy.deepcopy(module).to(dtype=x.dtype)
+        if backend is not None:
+            module.backend = backend
+        return lambda: module(x, grid), [x, *module.parameters()]
+
+    impls = [Impl(f"layer[{b}]", *variant(layer, b)) for b in backend_names]
+    if "sdpa_layer" in peer_names:
+        user = peers.SDPALocalGlobalAttention(C, heads, args.window, num_prefix_tokens=P).to(device, dtype)
+        user.load_state_dict(layer.state_dict())
+        impls.append(Impl("layer(partition+sdpa, avg_pool3d, sdpa)", *variant(user)))
+    (x64,) = _float64([x])
+    return Case(
+        "LocalGlobalAttention", dict(batch=B, grid=grid, window=clip_window(grid, args.window), heads=heads,
+                                     head_dim=args.head_dim, keys=P + math.prod(num_windows(grid, clip_window(grid, args.window)))),
+        impls, Impl("reference[fp64]", *variant(layer, "torch", x64)),
+        layer_flops(C, heads, args.window, P, B, grid),
+    )
+
+
+def relative_error(x: Tensor, ref: Tensor) -> float:
+    ref = ref.detach().double()
+    return float((x.detach().double() - ref).norm() / ref.norm().clamp_min(1e-30))
+
+
+def forward_backward(impl: Impl, dout: Tensor | None) -> tuple[Tensor, tuple[Tensor, ...]]:
+    out = impl.fn()
+    if impl.no_backward or dout is None:
+        return out, ()
+    return out, torch.autograd.grad(out, impl.leaves, dout.to(out.dtype))
+
+
+def check(impl: Impl, expected: tuple[Tensor, tuple[Tensor, ...]], dout: Tensor, tol: float) -> float:
+    """Largest relative error of the output and gradients against the float64 reference; raises above `tol`."""
+    out, grads = forward_backward(impl, dout)
+    ref_out, ref_grads = expected
+    errors = [relative_error(out, ref_out)] + [relative_error(g, r) for g, r in zip(grads, ref_grads)]
+    worst = max(errors)
+    if not worst <= tol:  # NaN fails too
+        raise AssertionError(f"differs from the float64 reference: relative error {worst:.2e} > {tol:.0e}")
+    return worst
+
+
+def mode_fn(impl: Impl, mode: str, dout: Tensor) -> Callable[[], object]:
+    if mode == "fwd":
+        return impl.fn
+    if mode == "bwd":
+        out = impl.fn()
+        return lambda: torch.autograd.grad(out, impl.leaves, dout, retain_graph=True)
+    return lambda: torch.autograd.grad(impl.fn(), impl.leaves, dout)
+
+
+def run_case(case: Case, modes: Sequence[str], device, dtype, threads: int, min_run_time: float,
+             roof: Roofline | None) -> list[dict]:
+    torch.manual_seed(1)
+    reference_out = case.reference.fn()
+    dout64 = torch.randn_like(reference_out)
+    expected = (reference_out, torch.autograd.grad(reference_out, case.reference.leaves, dout64))
+    dout = dout64.to(dtype)
+    rows, base = [], {}
+    for impl in case.impls:
+        try:
+            error, status = check(impl, expected, dout64, CHECK_TOLERANCE[dtype]), "ok"
+        except Exception as exc:  # noqa: BLE001  (a failing implementation becomes a row, not a crash)
+            error, status = None, f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+        for mode in modes:
+            row = dict(op=case.op, impl=impl.name, mode=mode, **case.shape, dtype=str(dtype).removeprefix("torch."),
+                       status=status, check_rel_err=error, median_ms=None, p20_ms=None, p80_ms=None, samples=None,
+                       tflops=None, gbps=None, roofline_pct=None, peak_mib=None, t_over_t_op=None)
+            if status == "ok" and mode != "fwd" and impl.no_backward:
+                row["status"] = f"n/a: {impl.no_backward}"
+            if row["status"] == "ok":
+                fn = mode_fn(impl, mode, dout)
+                timing = measure(fn, device, threads=threads, min_run_time=min_run_time)
+                flops, moved = case.flops[mode], case.bytes[mode]
+                row.update(median_ms=timing.median * 1e3, p20_ms=timing.p20 * 1e3, p80_ms=timing.p80 * 1e3,
+                           samples=timing.samples, peak_mib=peak_memory(fn, device) / 2**20)
+                if flops:
+                    row["tflops"] = flops / timing.median / 1e12
+                if moved:
+                    row["gbps"] = moved / timing.median / 1e9
+                if roof and dtype in (torch.float16, torch.bfloat16):
+                    floor = max((flops or 0) / roof.half_flops, (moved or 0) / roof.bandwidth)
+                    row["roofline_pct"] = 100 * floor / timing.median
+                base.setdefault(mode, timing.median)
+                row["t_over_t_op"] = timing.median / base[mode]
+            rows.append(row)
+    return rows
+
+
+def default_backends(device: torch.device) -> list[str]:
+    """Every backend that runs natively on `device` here (Triton's CPU interpreter is too slow to time)."""
+    names = []
+    for name in ("triton", "cuda", "cpu", "torch"):
+        if backends.why_not(name, device.type, torch.float32, 64) is None:
+            if name == "triton" and device.type == "cpu":
+                continue
+            names.append(name)
+    return names
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="shape set (default: gpu on a CUDA machine, else cpu)")
+    parser.add_argument("--device", choices=["cpu", "cuda"])
+    parser.add_argument("--backend", nargs="+", choices=["cpu", "torch", "triton", "cuda"],
+                        help="op backends to time (default: every backend available on the device)")
+    parser.add_argument("--peers", nargs="*", choices=PEERS, default=None, help="peers to time (default: all)")
+    parser.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS))
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--dtype", choices=sorted(DTYPES))
+    parser.add_argument("--batch", type=int)
+    parser.add_argument("--grid", dest="grids", nargs="+", help="grids FxHxW, e.g. 16x7x7 16x14x14")
+    parser.add_argument("--window", help="window fxhxw, e.g. 2x7x7")
+    parser.add_argument("--heads", type=int)
+    parser.add_argument("--head-dim", type=int)
+    parser.add_argument("--global-keys", type=int, nargs="+",
+                        help="key counts Nk of the global op (default: the number of windows)")
+    parser.add_argument("--prefix", type=int, default=1, help="prefix (CLS) tokens of the layer rows")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: the preset's, else all cores)")
+    parser.add_argument("--min-run-time", type=float, default=1.0, help="seconds of samples per CPU timing")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, help="result path prefix (default benchmarks/results/bench_ops_<device>)")
+    args = parser.parse_args(argv)
+
+    preset = PRESETS[args.preset or ("gpu" if (args.device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cuda"
+                                    else "cpu")]
+    for key, value in preset.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    args.grids = [parse_triple(g) if isinstance(g, str) else g for g in args.grids]
+    args.window = parse_triple(args.window) if isinstance(args.window, str) else args.window
+    args.threads = args.threads or torch.get_num_threads()
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict]:
+    args = parse_args(argv)
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
+    names = args.backend or default_backends(device)
+    peer_names = PEERS if args.peers is None else args.peers
+    env = environment(device, args.threads if device.type == "cpu" else None)
+    print(header_line(env), flush=True)
+    roof = roofline_for(env["device"])
+
+    builders = {
+        "local": lambda g: [local_case(args, g, names, peer_names, device, dtype)],
+        "global": lambda g: [global_case(args, g, nk, names, peer_names, device, dtype)
+                             for nk in (args.global_keys or [math.prod(num_windows(g, clip_window(g, args.window)))])],
+        "pool": lambda g: [pool_case(args, g, names, peer_names, device, dtype)],
+        "layer": lambda g: [layer_case(args, g, names, peer_names, device, dtype)],
+    }
+    rows = []
+    for grid in args.grids:
+        for op in args.ops:
+            torch.manual_seed(args.seed)
+            for case in builders[op](grid):
+                case_rows = run_case(case, args.modes, device, dtype, args.threads, args.min_run_time, roof)
+                print_rows(case_rows)
+                rows += case_rows
+
+    config = {key: value for key, value in vars(args).items() if key != "out"}
+    prefix = args.out or ROOT / "benchmarks" / "results" / f"bench_ops_{device_tag(device)}"
+    for path in write_results(prefix, env, config, rows):
+        print(f"wrote {path}")
+    return rows
+
+
+def print_rows(rows: Sequence[dict]) -> None:
+    first = rows[0]
+    shape = ", ".join(f"{k}={first[k]}" for k in ("batch", "grid", "window", "heads", "head_dim", "keys") if first[k])
+    print(f"\n{first['op']} ({shape}, {first['dtype']}); t/t_op = median / median of {first['impl']} (>1: op faster)")
+    cells = [
+        [r["impl"], r["mode"], r["median_ms"], f"{r['p20_ms']:.3g}-{r['p80_ms']:.3g}" if r["p20_ms"] else None,
+         r["t_over_t_op"], r["tflops"], r["gbps"], r["roofline_pct"], r["peak_mib"],
+         r["check_rel_err"], "" if r["status"] == "ok" else r["status"]]
+        for r in rows
+    ]
+    print(table(cells, ["impl", "mode", "ms", "p20-p80", "t/t_op", "TFLOP/s", "GB/s", "%roof", "peak MiB", "err",
+                        "note"]), flush=True)
+
+
+if __name__ == "__main__":
+    main()

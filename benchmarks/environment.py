@@ -1,0 +1,125 @@
+"""What a result was measured on: device, driver, versions, commit, threads, and the device's roofline.
+
+Every result file carries `environment()` and every run prints `header_line()` first, so a number
+can always be traced to the machine and the code that produced it (DESIGN §7).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Roofline:
+    """Ceilings of one device: memory bandwidth in bytes/s and dense bf16/fp16 matrix rate in FLOP/s."""
+
+    bandwidth: float
+    half_flops: float
+    source: str
+
+
+# Measured ceilings (DESIGN §7; /work/.library/device/KINDS.md): a large device-to-device copy counting
+# bytes read + written, and an 8192^3 bf16 matmul on random data. Keyed by a substring of the device name.
+ROOFLINES = {
+    "H200": Roofline(4.3e12, 788e12, "H200: 4.3 TB/s copy, 788 bf16 TFLOP/s, measured"),
+    "H100": Roofline(3.0e12, 790e12, "H100: 3.0 TB/s copy, 790 bf16 TFLOP/s, measured (DESIGN §7)"),
+}
+
+
+def roofline_for(device_name: str) -> Roofline | None:
+    for key, roof in ROOFLINES.items():
+        if key in device_name:
+            return roof
+    return None
+
+
+def commit() -> str:
+    """HEAD's short hash, with '+dirty' when tracked files differ from it; 'unknown' outside git."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    processor = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    processor = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"CPU {processor} ({os.cpu_count()} logical cores)"
+
+
+def _driver() -> str | None:
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=20,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+
+
+def _version(module: str) -> str | None:
+    try:
+        return __import__(module).__version__
+    except Exception:  # noqa: BLE001  (a broken optional install must not stop a benchmark)
+        return None
+
+
+def environment(device: torch.device, threads: int | None = None) -> dict:
+    """Machine-readable description of where and with what a benchmark ran."""
+    import logo_attn
+
+    env = {
+        "device": device_name(device),
+        "device_type": device.type,
+        "torch": torch.__version__,
+        "triton": _version("triton"),
+        "cuda": torch.version.cuda,
+        "driver": _driver() if device.type == "cuda" else None,
+        "python": platform.python_version(),
+        "logo_attn": logo_attn.__version__,
+        "commit": commit(),
+        "threads": threads if threads is not None else torch.get_num_threads(),
+        "backends": {name: status.reason for name, status in logo_attn.available_backends().items()},
+    }
+    roof = roofline_for(env["device"])
+    env["roofline"] = roof.source if roof else None
+    return env
+
+
+def header_line(env: dict) -> str:
+    driver = f" driver {env['driver']}" if env.get("driver") else ""
+    return (
+        f"# {env['device']}{driver} | torch {env['torch']} | triton {env['triton']} | "
+        f"logo_attn {env['logo_attn']} @ {env['commit']} | {env['threads']} threads"
+    )
+
+
+def device_tag(device: torch.device) -> str:
+    """Short file-name tag for results: 'cpu' or the GPU's name in lower case, e.g. 'nvidia-h100-80gb-hbm3'."""
+    if device.type != "cuda":
+        return "cpu"
+    return "".join(c if c.isalnum() else "-" for c in device_name(device).lower()).strip("-")

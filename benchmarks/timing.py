@@ -1,0 +1,121 @@
+"""Timing and peak memory of a callable, the same way on every benchmark (DESIGN §7).
+
+- CPU: `torch.utils.benchmark.Timer` with the thread count set explicitly; samples are blocks of
+  calls sized to take about a tenth of `min_run_time`, repeated until `min_run_time` has passed and
+  at least `min_samples` blocks exist.
+- CUDA: `triton.testing.do_bench` (CUDA events, L2 flushed between calls), its median and 20/80
+  percentiles over `rep` milliseconds.
+Both warm up first, so one-time costs (compilation, autotuning, allocator growth) stay out.
+
+Peak memory is the highest amount of memory allocated at once while the callable runs, above what
+was allocated before: on CUDA from the caching allocator's statistics, on CPU from the profiler's
+allocation events (every allocation made through PyTorch's CPU allocator, kernels' own scratch
+buffers included).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import statistics
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.utils.benchmark as torch_benchmark
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Seconds per call: median and 20th/80th percentiles over `samples` samples."""
+
+    median: float
+    p20: float
+    p80: float
+    samples: int
+
+
+def _quantiles(values: list[float]) -> tuple[float, float, float]:
+    if len(values) == 1:
+        return values[0], values[0], values[0]
+    cuts = statistics.quantiles(values, n=10, method="inclusive")  # deciles: cuts[1] = p20, cuts[7] = p80
+    return statistics.median(values), cuts[1], cuts[7]
+
+
+def time_cpu(fn: Callable[[], object], threads: int, min_run_time: float = 1.0, min_samples: int = 5,
+             warmup: int = 2) -> Timing:
+    timer = torch_benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
+    for _ in range(warmup):
+        timer.timeit(1)
+    first = timer.timeit(1).median
+    number = max(1, int(min_run_time / 10 / max(first, 1e-9)))
+    samples, spent = [], 0.0
+    while len(samples) < min_samples or spent < min_run_time:
+        per_call = timer.timeit(number).median
+        samples.append(per_call)
+        spent += per_call * number
+        if spent > 20 * min_run_time:  # a very slow callable: enough samples already
+            break
+    return Timing(*_quantiles(samples), samples=len(samples))
+
+
+def time_cuda(fn: Callable[[], object], warmup_ms: float = 25, rep_ms: float = 100) -> Timing:
+    from triton.testing import do_bench
+
+    fn()
+    torch.cuda.synchronize()
+    median, p20, p80 = do_bench(fn, warmup=warmup_ms, rep=rep_ms, quantiles=[0.5, 0.2, 0.8])
+    samples = max(1, int(rep_ms / max(median, 1e-6)))
+    return Timing(median / 1e3, p20 / 1e3, p80 / 1e3, samples=samples)
+
+
+def measure(fn: Callable[[], object], device: torch.device, *, threads: int, min_run_time: float = 1.0) -> Timing:
+    """Time `fn` on `device` (see the module docstring); `min_run_time` seconds of samples on CPU."""
+    if device.type == "cuda":
+        return time_cuda(fn, rep_ms=max(100.0, min_run_time * 1e3 / 4))
+    return time_cpu(fn, threads, min_run_time=min_run_time)
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence file descriptor 2: Kineto logs a line at every profiler start and stop that no setting turns off."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _cpu_allocation_peak(fn: Callable[[], object]) -> int:
+    from torch.profiler import ProfilerActivity, profile
+
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    # Memory events carry +bytes on allocation and -bytes on free; the running sum's maximum is the peak.
+    events = sorted(
+        (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns()
+    )
+    live = peak = 0
+    for event in events:
+        live += event.nbytes()
+        peak = max(peak, live)
+    return peak
+
+
+def peak_memory(fn: Callable[[], object], device: torch.device) -> int:
+    """Bytes: the most memory `fn` holds allocated at once, above what was allocated before it ran."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    return _cpu_allocation_peak(fn)
