@@ -1,0 +1,81 @@
+"""Tile-level attention maths shared by the local and the global kernels.
+
+A tile is a block of query rows against a block of key rows. Scores are kept in the log2 domain
+(``qk_scale = scale * log2(e)``, ``exp2`` instead of ``exp``), as flash-attention does, and the
+log-sum-exp handed between forward and backward is stored in natural log like the reference's.
+Backward formulas (reference.py): P = exp(S - lse), dV = P^T dO, dS = P * (dO V^T - delta) with
+delta = rowsum(dO * O), dQ = dS K * scale, dK = dS^T Q * scale.
+"""
+
+import math
+
+import triton
+import triton.language as tl
+
+# Globals read inside kernels must be constexpr objects (the GPU compiler refuses plain floats).
+LOG2E = tl.constexpr(math.log2(math.e))
+LN2 = tl.constexpr(math.log(2.0))
+
+
+def log2_scale(scale: float) -> float:
+    """The softmax scale in the log2 domain the kernels use (exp2 is the native instruction)."""
+    return scale * math.log2(math.e)
+
+
+@triton.jit
+def load_rows(ptr, rows, row_mask, stride_row, cols, col_mask):
+    """A (len(rows), len(cols)) tile of a row-major view: rows are token indices, cols the head dim."""
+    offsets = rows.to(tl.int64)[:, None] * stride_row + cols[None, :]
+    return tl.load(ptr + offsets, mask=row_mask[:, None] & col_mask[None, :], other=0.0)
+
+
+@triton.jit
+def store_rows(ptr, value, rows, row_mask, stride_row, cols, col_mask):
+    offsets = rows.to(tl.int64)[:, None] * stride_row + cols[None, :]
+    tl.store(ptr + offsets, value.to(ptr.dtype.element_ty), mask=row_mask[:, None] & col_mask[None, :])
+
+
+@triton.jit
+def softmax_tile_update(q, k, v, pair_mask, m_i, l_i, acc, qk_scale, DOT_PRECISION: tl.constexpr):
+    """One online-softmax step: fold the key tile (k, v) into the running max, sum and output.
+
+    `m_i` starts at a large finite negative value rather than -inf, so a padding row whose keys are
+    all masked gives l_i = 0 (handled by `softmax_finish`) instead of NaN from (-inf) - (-inf).
+    """
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+    s = tl.where(pair_mask, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+    return m_new, l_i, acc
+
+
+@triton.jit
+def softmax_finish(m_i, l_i, acc):
+    """Normalised output and natural-log lse of the rows (rows with no key give 0 and -inf; never stored)."""
+    l_safe = tl.where(l_i > 0, l_i, 1.0)
+    return acc / l_safe[:, None], (m_i + tl.log2(l_safe)) * LN2
+
+
+@triton.jit
+def load_lse_log2(ptr, rows, row_mask):
+    """Saved natural-log lse of `rows`, converted to the log2 domain of the scores."""
+    return tl.load(ptr + rows, mask=row_mask, other=0.0) * LOG2E
+
+
+@triton.jit
+def row_delta(out, dout):
+    """delta = rowsum(dO * O) in fp32: the softmax-backward correction of each query row."""
+    return tl.sum(out.to(tl.float32) * dout.to(tl.float32), 1)
+
+
+@triton.jit
+def softmax_tile_grads(q, k, v, dout, lse_log2, delta, pair_mask, qk_scale, DOT_PRECISION: tl.constexpr):
+    """Recomputed probabilities P and score gradients dS (w.r.t. the scaled scores) of one tile."""
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+    p = tl.where(pair_mask, tl.exp2(s - lse_log2[:, None]), 0.0)
+    dp = tl.dot(dout, tl.trans(v), input_precision=DOT_PRECISION)
+    ds = p * (dp - delta[:, None])
+    return p, ds

@@ -1,0 +1,276 @@
+"""Local window attention: forward and backward Triton kernels and their launchers.
+
+Programs read q/k/v straight from the strided (B, N, heads, d) layout by computing each window's
+token addresses (`window_index`), so there is no partition copy in and no un-partition copy out.
+Program axis 0 enumerates (batch, window group, head), head fastest; axis 1 the query (forward,
+dq) or key (dk/dv) blocks of the group. A window of up to `MAX_KEY_TILE` tokens is one key tile
+(small windows packed several to a tile); a longer window is walked in key tiles with an online
+softmax. See kernels/README.md for the bytes each kernel moves.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from ..reference import num_windows
+from .attn_tile import load_lse_log2, load_rows, log2_scale, row_delta, softmax_finish, softmax_tile_grads, softmax_tile_update, store_rows
+from .utils import (
+    MAX_KEY_TILE, MIN_TILE, attention_configs, device_guard, dot_precision, head_dim_tile, last_dim_contiguous,
+    next_power_of_2, prune_block_q,
+)
+from .window_index import group_tokens, window_geometry, window_tokens
+
+# Windows of at most PACKED_TILE / 2 tokens share a tile of PACKED_TILE slots with their neighbours.
+PACKED_TILE = 32 if MAX_KEY_TILE < 64 else 64
+
+
+def tile_plan(window_tokens: int, max_tile: int) -> tuple[int, int, int]:
+    """(BLOCK_K, WINDOWS_PER_GROUP, SLOTS_PER_WINDOW) for windows of `window_tokens` tokens."""
+    slots = next_power_of_2(window_tokens)
+    packed = min(PACKED_TILE, max_tile)
+    if slots <= packed // 2:
+        return packed, packed // slots, slots
+    block_k = min(max(slots, MIN_TILE), max_tile)
+    return block_k, 1, block_k
+
+
+def backward_key_tile(head_dim: int) -> int:
+    """dK and dV accumulate in registers: a 128-wide head dim halves the key tile to avoid spills."""
+    return MAX_KEY_TILE if head_dim <= 64 else min(MAX_KEY_TILE, 64)
+
+
+_FWD_CONFIGS = attention_configs(block_q=(32, 64, 128), warps=(4, 8), stages=(1, 2, 3))
+_BWD_CONFIGS = attention_configs(block_q=(16, 32, 64), warps=(4, 8), stages=(1, 2))
+_KEY = ["BLOCK_K", "HEAD_DIM", "WINDOWS_PER_GROUP", "SINGLE_KEY_TILE"]
+
+
+@triton.autotune(configs=_FWD_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": prune_block_q})
+@triton.jit
+def local_attn_fwd_kernel(
+    q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr,
+    stride_qb, stride_qn, stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,
+    stride_ob, stride_on, stride_oh, stride_lb, stride_lh,
+    heads, groups, windows_h, windows_w, F, H, W, f, h, w, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    WINDOWS_PER_GROUP: tl.constexpr, SLOTS_PER_WINDOW: tl.constexpr, SINGLE_KEY_TILE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    head = pid % heads
+    group = (pid // heads) % groups
+    b = pid // (heads * groups)
+    q_start = tl.program_id(1) * BLOCK_Q
+    if WINDOWS_PER_GROUP == 1:
+        slots = window_geometry(group, windows_h, windows_w, F, H, W, f, h, w)[5]
+        if q_start >= slots:  # a border window has fewer query blocks than the launch grid
+            return
+    else:
+        slots = BLOCK_K
+
+    q_tok, q_valid, q_win = group_tokens(q_start + tl.arange(0, BLOCK_Q), group, windows_h, windows_w, F, H, W,
+                                         f, h, w, WINDOWS_PER_GROUP, SLOTS_PER_WINDOW)
+    cols = tl.arange(0, BLOCK_D)
+    col_mask = cols < HEAD_DIM
+    q = load_rows(q_ptr + b * stride_qb + head * stride_qh, q_tok, q_valid, stride_qn, cols, col_mask)
+    k_base = k_ptr + b * stride_kb + head * stride_kh
+    v_base = v_ptr + b * stride_vb + head * stride_vh
+
+    m_i = tl.full((BLOCK_Q,), -1.0e30, tl.float32)
+    l_i = tl.zeros((BLOCK_Q,), tl.float32)
+    acc = tl.zeros((BLOCK_Q, BLOCK_D), tl.float32)
+    for k_start in range(0, slots, BLOCK_K):
+        k_tok, k_valid, k_win = group_tokens(k_start + tl.arange(0, BLOCK_K), group, windows_h, windows_w, F, H, W,
+                                             f, h, w, WINDOWS_PER_GROUP, SLOTS_PER_WINDOW)
+        k = load_rows(k_base, k_tok, k_valid, stride_kn, cols, col_mask)
+        v = load_rows(v_base, k_tok, k_valid, stride_vn, cols, col_mask)
+        pair_mask = k_valid[None, :] & (q_win[:, None] == k_win[None, :])
+        m_i, l_i, acc = softmax_tile_update(q, k, v, pair_mask, m_i, l_i, acc, qk_scale, DOT_PRECISION)
+
+    out, lse = softmax_finish(m_i, l_i, acc)
+    store_rows(out_ptr + b * stride_ob + head * stride_oh, out, q_tok, q_valid, stride_on, cols, col_mask)
+    tl.store(lse_ptr + b * stride_lb + head * stride_lh + q_tok, lse, mask=q_valid)
+
+
+@triton.autotune(configs=_BWD_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": prune_block_q})
+@triton.jit
+def local_attn_bwd_kernel_dkdv(
+    dout_ptr, q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, dq_ptr, dk_ptr, dv_ptr,
+    stride_gb, stride_gn, stride_gh, stride_qb, stride_qn, stride_qh, stride_kb, stride_kn, stride_kh,
+    stride_vb, stride_vn, stride_vh, stride_ob, stride_on, stride_oh, stride_lb, stride_lh,
+    stride_db, stride_dn, stride_dh,
+    heads, groups, windows_h, windows_w, F, H, W, f, h, w, scale, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    WINDOWS_PER_GROUP: tl.constexpr, SLOTS_PER_WINDOW: tl.constexpr, SINGLE_KEY_TILE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """dK, dV of one key block of a window group, walking the group's query blocks.
+
+    With SINGLE_KEY_TILE (the whole group is this one key block) every query's keys are here, so
+    the program also writes dQ and no other kernel runs. dq, dk and dv share one set of strides.
+    """
+    pid = tl.program_id(0).to(tl.int64)
+    head = pid % heads
+    group = (pid // heads) % groups
+    b = pid // (heads * groups)
+    k_start = tl.program_id(1) * BLOCK_K
+    if WINDOWS_PER_GROUP == 1:
+        slots = window_geometry(group, windows_h, windows_w, F, H, W, f, h, w)[5]
+        if k_start >= slots:
+            return
+    else:
+        slots = BLOCK_K
+
+    k_tok, k_valid, k_win = group_tokens(k_start + tl.arange(0, BLOCK_K), group, windows_h, windows_w, F, H, W,
+                                         f, h, w, WINDOWS_PER_GROUP, SLOTS_PER_WINDOW)
+    cols = tl.arange(0, BLOCK_D)
+    col_mask = cols < HEAD_DIM
+    k = load_rows(k_ptr + b * stride_kb + head * stride_kh, k_tok, k_valid, stride_kn, cols, col_mask)
+    v = load_rows(v_ptr + b * stride_vb + head * stride_vh, k_tok, k_valid, stride_vn, cols, col_mask)
+    q_base = q_ptr + b * stride_qb + head * stride_qh
+    g_base = dout_ptr + b * stride_gb + head * stride_gh
+    o_base = out_ptr + b * stride_ob + head * stride_oh
+    l_base = lse_ptr + b * stride_lb + head * stride_lh
+    d_offset = b * stride_db + head * stride_dh
+
+    dk = tl.zeros((BLOCK_K, BLOCK_D), tl.float32)
+    dv = tl.zeros((BLOCK_K, BLOCK_D), tl.float32)
+    for q_start in range(0, slots, BLOCK_Q):
+        q_tok, q_valid, q_win = group_tokens(q_start + tl.arange(0, BLOCK_Q), group, windows_h, windows_w, F, H, W,
+                                             f, h, w, WINDOWS_PER_GROUP, SLOTS_PER_WINDOW)
+        q = load_rows(q_base, q_tok, q_valid, stride_qn, cols, col_mask)
+        dout = load_rows(g_base, q_tok, q_valid, stride_gn, cols, col_mask)
+        out = load_rows(o_base, q_tok, q_valid, stride_on, cols, col_mask)
+        lse_log2 = load_lse_log2(l_base, q_tok, q_valid)
+        pair_mask = q_valid[:, None] & k_valid[None, :] & (q_win[:, None] == k_win[None, :])
+        p, ds = softmax_tile_grads(q, k, v, dout, lse_log2, row_delta(out, dout), pair_mask, qk_scale, DOT_PRECISION)
+        dv += tl.dot(tl.trans(p.to(dout.dtype)), dout, input_precision=DOT_PRECISION)
+        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=DOT_PRECISION)
+        if SINGLE_KEY_TILE:
+            dq = tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION) * scale
+            store_rows(dq_ptr + d_offset, dq, q_tok, q_valid, stride_dn, cols, col_mask)
+
+    store_rows(dk_ptr + d_offset, dk * scale, k_tok, k_valid, stride_dn, cols, col_mask)
+    store_rows(dv_ptr + d_offset, dv, k_tok, k_valid, stride_dn, cols, col_mask)
+
+
+@triton.autotune(configs=_BWD_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": prune_block_q})
+@triton.jit
+def local_attn_bwd_kernel_dq(
+    dout_ptr, q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, dq_ptr,
+    stride_gb, stride_gn, stride_gh, stride_qb, stride_qn, stride_qh, stride_kb, stride_kn, stride_kh,
+    stride_vb, stride_vn, stride_vh, stride_ob, stride_on, stride_oh, stride_lb, stride_lh,
+    stride_db, stride_dn, stride_dh,
+    heads, groups, windows_h, windows_w, F, H, W, f, h, w, scale, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    WINDOWS_PER_GROUP: tl.constexpr, SLOTS_PER_WINDOW: tl.constexpr, SINGLE_KEY_TILE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """dQ of one query block of a window longer than one key tile (one window per group)."""
+    pid = tl.program_id(0).to(tl.int64)
+    head = pid % heads
+    window = (pid // heads) % groups
+    b = pid // (heads * groups)
+    q_start = tl.program_id(1) * BLOCK_Q
+    t0, y0, x0, extent_h, extent_w, slots = window_geometry(window, windows_h, windows_w, F, H, W, f, h, w)
+    if q_start >= slots:
+        return
+
+    q_slots = q_start + tl.arange(0, BLOCK_Q)
+    q_tok = window_tokens(q_slots, t0, y0, x0, extent_h, extent_w, H, W)
+    q_valid = q_slots < slots
+    cols = tl.arange(0, BLOCK_D)
+    col_mask = cols < HEAD_DIM
+    q = load_rows(q_ptr + b * stride_qb + head * stride_qh, q_tok, q_valid, stride_qn, cols, col_mask)
+    dout = load_rows(dout_ptr + b * stride_gb + head * stride_gh, q_tok, q_valid, stride_gn, cols, col_mask)
+    out = load_rows(out_ptr + b * stride_ob + head * stride_oh, q_tok, q_valid, stride_on, cols, col_mask)
+    lse_log2 = load_lse_log2(lse_ptr + b * stride_lb + head * stride_lh, q_tok, q_valid)
+    delta = row_delta(out, dout)
+    k_base = k_ptr + b * stride_kb + head * stride_kh
+    v_base = v_ptr + b * stride_vb + head * stride_vh
+
+    dq = tl.zeros((BLOCK_Q, BLOCK_D), tl.float32)
+    for k_start in range(0, slots, BLOCK_K):
+        k_slots = k_start + tl.arange(0, BLOCK_K)
+        k_tok = window_tokens(k_slots, t0, y0, x0, extent_h, extent_w, H, W)
+        k_valid = k_slots < slots
+        k = load_rows(k_base, k_tok, k_valid, stride_kn, cols, col_mask)
+        v = load_rows(v_base, k_tok, k_valid, stride_vn, cols, col_mask)
+        pair_mask = q_valid[:, None] & k_valid[None, :]
+        ds = softmax_tile_grads(q, k, v, dout, lse_log2, delta, pair_mask, qk_scale, DOT_PRECISION)[1]
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
+    store_rows(dq_ptr + b * stride_db + head * stride_dh, dq * scale, q_tok, q_valid, stride_dn, cols, col_mask)
+
+
+class _Launch:
+    """Shape-derived launch arguments shared by the three kernels of one call."""
+
+    def __init__(self, q: torch.Tensor, grid, window, scale: float, max_tile: int):
+        B, N, heads, head_dim = q.shape
+        windows = num_windows(grid, window)
+        self.window_tokens = math.prod(window)
+        self.block_k, self.windows_per_group, self.slots_per_window = tile_plan(self.window_tokens, max_tile)
+        self.groups = triton.cdiv(math.prod(windows), self.windows_per_group)
+        # Slots a group spans: a packed group fills one tile, a lone window spans its tokens.
+        self.group_slots = self.block_k if self.windows_per_group > 1 else self.window_tokens
+        self.programs = B * self.groups * heads
+        self.shape_args = (heads, self.groups, windows[1], windows[2], *grid, *window)
+        self.meta = dict(
+            HEAD_DIM=head_dim, BLOCK_K=self.block_k, BLOCK_D=head_dim_tile(head_dim), WINDOWS_PER_GROUP=self.windows_per_group,
+            SLOTS_PER_WINDOW=self.slots_per_window, SINGLE_KEY_TILE=self.group_slots <= self.block_k,
+            DOT_PRECISION=dot_precision(q.dtype),
+        )
+        self.scale = scale
+
+    def query_blocks(self, meta):
+        return (self.programs, triton.cdiv(self.group_slots, meta["BLOCK_Q"]))
+
+    def key_blocks(self, meta):
+        return (self.programs, triton.cdiv(self.group_slots, self.block_k))
+
+
+def _check_tokens(q: torch.Tensor) -> None:
+    # Window and token indices are computed in int32 inside a window group; addresses are int64.
+    if q.shape[1] >= 2**31:
+        raise ValueError(f"local_attention: the triton backend supports fewer than 2**31 tokens, got {q.shape[1]}")
+
+
+def local_attn_fwd(q, k, v, grid, window, scale):
+    q, k, v = (last_dim_contiguous(t) for t in (q, k, v))
+    _check_tokens(q)
+    B, N, heads, _ = q.shape
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    lse = torch.empty((B, heads, N), dtype=torch.float32, device=q.device)
+    if q.numel() == 0:
+        return out, lse
+    launch = _Launch(q, grid, window, scale, MAX_KEY_TILE)
+    with device_guard(q):
+        local_attn_fwd_kernel[launch.query_blocks](
+            q, k, v, out, lse, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], *lse.stride()[:2],
+            *launch.shape_args, log2_scale(scale), **launch.meta,
+        )
+    return out, lse
+
+
+def local_attn_bwd(dout, q, k, v, out, lse, grid, window, scale):
+    dout, q, k, v, out, lse = (last_dim_contiguous(t) for t in (dout, q, k, v, out, lse))
+    _check_tokens(q)
+    dq, dk, dv = (torch.empty(q.shape, dtype=q.dtype, device=q.device) for _ in range(3))
+    if q.numel() == 0:
+        return dq, dk, dv
+    launch = _Launch(q, grid, window, scale, backward_key_tile(q.shape[-1]))
+    strides = (*dout.stride()[:3], *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], *lse.stride()[:2],
+               *dq.stride()[:3])
+    scalars = (*launch.shape_args, scale, log2_scale(scale))
+    with device_guard(q):
+        local_attn_bwd_kernel_dkdv[launch.key_blocks](
+            dout, q, k, v, out, lse, dq, dk, dv, *strides, *scalars, **launch.meta,
+        )
+        if not launch.meta["SINGLE_KEY_TILE"]:
+            local_attn_bwd_kernel_dq[launch.query_blocks](
+                dout, q, k, v, out, lse, dq, *strides, *scalars, **launch.meta,
+            )
+    return dq, dk, dv
