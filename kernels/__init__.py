@@ -1,1 +1,13 @@
-"""Triton kernels of logo_attn, installed as ``logo_attn.kernels`` (never import as top-level ``kernels``)."""
+"""Triton kernels of logo_attn, installed as ``logo_attn.kernels`` (never import as top-level ``kernels``).
+
+The "triton" backend: the six functions of the backend protocol (`logo_attn.backends`), one file
+per op (`local_attn.py`, `global_attn.py`, `window_pool.py`), each holding its kernels and launchers.
+"""
+
+from .global_attn import global_attn_bwd, global_attn_fwd
+from .local_attn import local_attn_bwd, local_attn_fwd
+from .window_pool import window_pool_bwd, window_pool_fwd
+
+__all__ = [
+    "local_attn_fwd", "local_attn_bwd", "global_attn_fwd", "global_attn_bwd", "window_pool_fwd", "window_pool_bwd",
+]
