@@ -68,11 +68,16 @@ def extension_args() -> dict:
         with_cuda, why = bool(cuda), "torch has CUDA and nvcc is present"
     note(f"building logo_attn._C with{'' if with_cuda else 'out'} CUDA kernels: {why}")
 
+    # -fopenmp: at::parallel_for is header-inline, so its `omp parallel` is compiled here; without
+    # the flag every op would run on one thread. No -march: csrc/cpu/isa.h picks AVX-512/AVX2/SSE
+    # at run time, so the wheel runs on any x86-64. No -std: torch's BuildExtension passes the
+    # standard its headers need (C++17 for torch 2.11, C++20 for 2.13).
+    # -Wno-psabi: the ABI notes about vector arguments concern always-inline helpers only.
     openmp = [] if sys.platform == "darwin" else ["-fopenmp"]
-    compile_args = {"cxx": ["-O3", "-std=c++17", *openmp]}
+    compile_args = {"cxx": ["-O3", "-Wno-psabi", *openmp]}
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", os.environ.get("LOGO_ATTN_CUDA_ARCHS", "9.0"))
-        compile_args["nvcc"] = ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"]
+        compile_args["nvcc"] = ["-O3", "-lineinfo"]
         ext = CUDAExtension("logo_attn._C", cpp + cuda, extra_compile_args=compile_args, extra_link_args=openmp)
     else:
         ext = CppExtension("logo_attn._C", cpp, extra_compile_args=compile_args, extra_link_args=openmp)

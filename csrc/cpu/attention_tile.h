@@ -1,0 +1,213 @@
+// Exact softmax attention of a set of query rows over a set of key rows of one (batch, head) slice:
+// the computation both local attention (one window) and global attention (one query block) are made of.
+//
+// Rows are gathered from the strided input by token index, converted to the accumulation type and
+// packed into cache-resident panels (K and V transposed where they are the right-hand operand of a
+// product), so every product is `matmul` on panels whose rows are padded to whole vectors. The
+// scores of a query block (at most `kQueryBlock` rows x all keys) stay in cache: forward computes
+// the row maxima and sums on them exactly (no online rescaling is needed when all keys fit), and
+// backward recomputes them from the saved log-sum-exp, as flash attention does.
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <memory>
+#include <new>
+
+#include "simd.h"
+#include "tile_gemm.h"
+
+namespace logo_attn::cpu {
+
+// One (batch, head) slice of a (B, N, heads, d) tensor: row n starts at data + n * stride, and its
+// d values are contiguous.
+template <typename T> struct Rows {
+  T* data;
+  int64_t stride;
+  LOGO_INLINE T* row(int64_t n) const { return data + n * stride; }
+};
+
+// The rows the next task reads and writes, fetched into L2 while this task computes: a task reads
+// d-value pieces of rows that lie a whole token row apart, a pattern the hardware prefetchers miss.
+struct NextRows {
+  static constexpr int kMaxTensors = 8;
+  const char* base[kMaxTensors];
+  int64_t stride[kMaxTensors];  // bytes
+  bool write[kMaxTensors];
+  int tensors = 0;
+  const int64_t* ids = nullptr;
+  int64_t n = 0, row_bytes = 0;
+
+  template <typename T> void add(Rows<T> rows, bool written) {
+    base[tensors] = reinterpret_cast<const char*>(rows.data);
+    stride[tensors] = rows.stride * int64_t(sizeof(T));
+    write[tensors++] = written;
+  }
+  // Row i (in the next task's order) of every tensor; nothing past its last row.
+  LOGO_INLINE void fetch(int64_t i) const {
+    if (i >= n) return;
+    for (int t = 0; t < tensors; ++t) {
+      const char* p = base[t] + ids[i] * stride[t];
+      for (int64_t offset = 0; offset < row_bytes; offset += 64) {
+        if (write[t]) __builtin_prefetch(p + offset, 1, 2);
+        else __builtin_prefetch(p + offset, 0, 2);
+      }
+    }
+  }
+};
+
+// Query rows per block: the block's scores (and, in backward, their gradients) stay in L2.
+inline int64_t query_block(int64_t keys) { return pad_to_vectors<float>(keys) <= 256 ? 128 : 48; }
+
+// The panels of one task, allocated once per chunk of tasks and reused by every task in it.
+template <typename A> struct AttnWorkspace {
+  int64_t keys_padded, dim_padded, block;
+  std::unique_ptr<A[], void (*)(A*)> storage{nullptr, [](A* p) { ::operator delete[](p, std::align_val_t(64)); }};
+  A *kt, *k, *vt, *v, *dk, *dv;  // key-side panels: Kᵀ, K, Vᵀ (d x keys_padded), V, dK, dV (keys x dim_padded)
+  A *q, *dout, *out;             // block x dim_padded: scaled Q, dO, and O or dQ before the final store
+  A *s, *ds;                     // block x keys_padded: scores / probabilities, their gradients
+  A *t;                          // keys x block: Pᵀ or dSᵀ, the left operand of dV and dK
+  A* row;                        // block: 1 / row sum (forward) or rowsum(dO * O) (backward)
+
+  AttnWorkspace(int64_t max_keys, int64_t head_dim) {
+    keys_padded = pad_to_vectors<A>(max_keys);
+    dim_padded = pad_to_vectors<A>(head_dim);
+    block = query_block(max_keys);
+    const int64_t key_panel = keys_padded * dim_padded, q_panel = block * dim_padded;
+    const int64_t score_panel = block * keys_padded, t_panel = keys_padded * block;
+    const int64_t total = 6 * key_panel + 3 * q_panel + 2 * score_panel + t_panel + pad_to_vectors<A>(block);
+    A* p = static_cast<A*>(::operator new[](sizeof(A) * total, std::align_val_t(64)));
+    std::fill(p, p + total, A(0));  // padding columns are read as zeros by the products
+    storage.reset(p);
+    for (A** panel : {&kt, &k, &vt, &v, &dk, &dv}) *panel = p, p += key_panel;
+    for (A** panel : {&q, &dout, &out}) *panel = p, p += q_panel;
+    for (A** panel : {&s, &ds}) *panel = p, p += score_panel;
+    t = p, p += t_panel;
+    row = p;
+  }
+};
+
+// dst[i][c] = scale * src.row(ids[i])[c] for c < d; the padding columns beyond d stay zero.
+template <typename T, typename A>
+LOGO_INLINE void pack_rows(Rows<const T> src, const int64_t* ids, int64_t n, int64_t d, A* dst, int64_t ld, A scale) {
+  for (int64_t i = 0; i < n; ++i) {
+    const T* s = src.row(ids[i]);
+    A* o = dst + i * ld;
+    for (int64_t c = 0; c < d; ++c) o[c] = to_acc(s[c]) * scale;
+  }
+}
+
+// dst[c][i] = src.row(ids[i])[c]: the transposed panel (d x ld); columns n..ld stay zero.
+template <typename T, typename A>
+LOGO_INLINE void pack_columns(Rows<const T> src, const int64_t* ids, int64_t n, int64_t d, A* dst, int64_t ld) {
+  for (int64_t i = 0; i < n; ++i) {
+    const T* s = src.row(ids[i]);
+    for (int64_t c = 0; c < d; ++c) dst[c * ld + i] = to_acc(s[c]);
+  }
+  for (int64_t c = 0; c < d; ++c) std::fill(dst + c * ld + n, dst + (c + 1) * ld, A(0));
+}
+
+// dst.row(ids[i])[c] = src[i][c] * scale * (row_scale ? row_scale[i] : 1), rounded to T.
+template <typename T, typename A>
+LOGO_INLINE void store_rows(const A* src, int64_t ld, int64_t n, int64_t d, Rows<T> dst, const int64_t* ids, A scale,
+                            const A* row_scale) {
+  for (int64_t i = 0; i < n; ++i) {
+    const A* s = src + i * ld;
+    T* o = dst.row(ids[i]);
+    const A f = row_scale ? scale * row_scale[i] : scale;
+    for (int64_t c = 0; c < d; ++c) o[c] = from_acc<T>(s[c] * f);
+  }
+}
+
+// dst[c][r] = src[r][c] for r < rows, c < cols.
+template <typename A>
+LOGO_INLINE void transpose(const A* src, int64_t rows, int64_t cols, int64_t lds, A* dst, int64_t ldd) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
+}
+
+// Scores of rows [0, m) of S (keys in [0, n), padding up to ld): padding set to -inf, which the
+// exponentials below turn into exact zeros.
+template <typename A> LOGO_INLINE void mask_padding(A* s, int64_t m, int64_t n, int64_t ld) {
+  for (int64_t i = 0; i < m; ++i) std::fill(s + i * ld + n, s + (i + 1) * ld, -std::numeric_limits<A>::infinity());
+}
+
+// Forward: out rows qids and lse[qids] (lse points at this slice's N values) from keys kids.
+template <int VB, typename T>
+LOGO_INLINE void attention_fwd_tile(Rows<const T> q, Rows<const T> k, Rows<const T> v, Rows<T> out, acc_t<T>* lse,
+                                    const int64_t* qids, int64_t n_q, const int64_t* kids, int64_t n_k, int64_t d,
+                                    acc_t<T> scale, AttnWorkspace<acc_t<T>>& ws, const NextRows& next) {
+  using A = acc_t<T>;
+  const int64_t np = pad_to_vectors<A>(n_k), dp = ws.dim_padded;
+  pack_columns(k, kids, n_k, d, ws.kt, np);
+  pack_rows(v, kids, n_k, d, ws.v, dp, A(1));
+  for (int64_t q0 = 0; q0 < n_q; q0 += ws.block) {
+    const int64_t m = std::min(ws.block, n_q - q0);
+    const int64_t* ids = qids + q0;
+    pack_rows(q, ids, m, d, ws.q, dp, scale);
+    matmul<A, VB>(m, np, d, ws.q, dp, ws.kt, np, ws.s, np, false);
+    mask_padding(ws.s, m, n_k, np);
+    for (int64_t i = 0; i < m; ++i) {
+      A* s = ws.s + i * np;
+      const A max = max_of<A, VB>(s, np);
+      exp_inplace<A, VB>(s, np, max);
+      const A sum = sum_of<A, VB>(s, np);
+      lse[ids[i]] = max + std::log(sum);
+      ws.row[i] = A(1) / sum;
+      next.fetch(q0 + i);
+    }
+    matmul<A, VB>(m, dp, n_k, ws.s, np, ws.v, dp, ws.out, dp, false);
+    store_rows(ws.out, dp, m, d, out, ids, A(1), ws.row);
+  }
+  for (int64_t i = n_q; i < next.n; ++i) next.fetch(i);
+}
+
+// Backward: dq rows qids, and dK, dV of keys kids summed over these queries into ws.dk / ws.dv
+// (n_k x dim_padded, in the accumulation type) for the caller to store or reduce.
+//   P = exp(S - lse), dV = Pᵀ dO, dS = P * (dO Vᵀ - rowsum(dO * O)), dQ = scale dS K, dK = scale dSᵀ Q
+template <int VB, typename T>
+LOGO_INLINE void attention_bwd_tile(Rows<const T> dout, Rows<const T> q, Rows<const T> k, Rows<const T> v,
+                                    Rows<const T> out, const acc_t<T>* lse, Rows<T> dq, const int64_t* qids,
+                                    int64_t n_q, const int64_t* kids, int64_t n_k, int64_t d, acc_t<T> scale,
+                                    AttnWorkspace<acc_t<T>>& ws, const NextRows& next) {
+  using A = acc_t<T>;
+  const int64_t np = pad_to_vectors<A>(n_k), dp = ws.dim_padded, tb = ws.block;
+  pack_columns(k, kids, n_k, d, ws.kt, np);
+  pack_rows(k, kids, n_k, d, ws.k, dp, A(1));
+  pack_columns(v, kids, n_k, d, ws.vt, np);
+  for (int64_t q0 = 0; q0 < n_q; q0 += tb) {
+    const int64_t m = std::min(tb, n_q - q0);
+    const int64_t* ids = qids + q0;
+    pack_rows(q, ids, m, d, ws.q, dp, scale);  // scaled: S = (scale Q) Kᵀ and dK = dSᵀ (scale Q)
+    pack_rows(dout, ids, m, d, ws.dout, dp, A(1));
+    for (int64_t i = 0; i < m; ++i) {
+      const T* o = out.row(ids[i]);
+      const A* g = ws.dout + i * dp;
+      A dot = 0;
+      for (int64_t c = 0; c < d; ++c) dot += g[c] * to_acc(o[c]);
+      ws.row[i] = dot;
+      next.fetch(q0 + i);
+    }
+    matmul<A, VB>(m, np, d, ws.q, dp, ws.kt, np, ws.s, np, false);
+    mask_padding(ws.s, m, n_k, np);
+    for (int64_t i = 0; i < m; ++i) exp_inplace<A, VB>(ws.s + i * np, np, lse[ids[i]]);
+    matmul<A, VB>(m, np, d, ws.dout, dp, ws.vt, np, ws.ds, np, false);
+    for (int64_t i = 0; i < m; ++i) {
+      A* g = ws.ds + i * np;
+      const A* p = ws.s + i * np;
+      const vec<A, VB> delta = splat<A, VB>(ws.row[i]);
+      for (int64_t j = 0; j < np; j += lanes<A, VB>)
+        store<A, VB>(g + j, load<A, VB>(p + j) * (load<A, VB>(g + j) - delta));
+    }
+    const bool accumulate = q0 > 0;
+    transpose(ws.s, m, n_k, np, ws.t, tb);
+    matmul<A, VB>(n_k, dp, m, ws.t, tb, ws.dout, dp, ws.dv, dp, accumulate);
+    transpose(ws.ds, m, n_k, np, ws.t, tb);
+    matmul<A, VB>(n_k, dp, m, ws.t, tb, ws.q, dp, ws.dk, dp, accumulate);
+    matmul<A, VB>(m, dp, n_k, ws.ds, np, ws.k, dp, ws.out, dp, false);
+    store_rows(ws.out, dp, m, d, dq, ids, scale, static_cast<const A*>(nullptr));
+  }
+  for (int64_t i = n_q; i < next.n; ++i) next.fetch(i);
+}
+
+}  // namespace logo_attn::cpu

@@ -1,0 +1,27 @@
+// Shared plumbing of the kernel files: dtype switch and (batch, head) slices of Tensor4 arguments.
+#pragma once
+
+#include "attention_tile.h"
+#include "kernels.h"
+
+namespace logo_attn::cpu {
+
+// Calls FN<VB, T>(args...) with T the storage type of `dtype` (inside a kernel's run<VB>, so
+// the instance is compiled for that kernel's ISA; a lambda would not inherit the target).
+#define LOGO_ATTN_SWITCH_DTYPE(dtype, FN, ...)                              \
+  switch (dtype) {                                                          \
+    case Dtype::float32: return FN<VB, float>(__VA_ARGS__);                 \
+    case Dtype::float64: return FN<VB, double>(__VA_ARGS__);                \
+    case Dtype::bfloat16: return FN<VB, bf16>(__VA_ARGS__);                 \
+  }
+
+template <typename T> LOGO_INLINE Rows<T> slice(const Tensor4& t, int64_t b, int64_t h) {
+  return {static_cast<T*>(t.data) + b * t.batch_stride + h * t.head_stride, t.token_stride};
+}
+
+// This (batch, head)'s q_tokens log-sum-exp values.
+template <typename A> LOGO_INLINE A* lse_slice(const AttnArgs& a, int64_t b, int64_t h) {
+  return static_cast<A*>(a.lse) + (b * a.heads + h) * a.q_tokens;
+}
+
+}  // namespace logo_attn::cpu

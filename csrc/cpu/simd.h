@@ -1,0 +1,138 @@
+// Portable SIMD for the CPU kernels: GCC/Clang vector extensions, sized by a byte width VB that the
+// ISA dispatcher (isa.h) picks at run time: 64 (AVX-512), 32 (AVX2 + FMA) or 16 (SSE2 / NEON).
+//
+// The kernels are templates over VB whose every helper is always-inline, so one template instance,
+// inlined into a function compiled with `__attribute__((target(...)))`, becomes code for that ISA.
+// This header includes no torch header: the kernel files compile in seconds and stay testable.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+
+#define LOGO_INLINE inline __attribute__((always_inline))
+
+namespace logo_attn::cpu {
+
+// bfloat16 storage: layout-compatible with c10::BFloat16 (the torch glue casts pointers).
+struct bf16 {
+  uint16_t bits;
+};
+
+// Accumulation type: fp32 for bf16/fp32 inputs, fp64 for fp64 (DESIGN §1).
+template <typename T> struct acc_type { using type = float; };
+template <> struct acc_type<double> { using type = double; };
+template <typename T> using acc_t = typename acc_type<T>::type;
+
+LOGO_INLINE float to_acc(bf16 x) {
+  uint32_t bits = uint32_t(x.bits) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+LOGO_INLINE float to_acc(float x) { return x; }
+LOGO_INLINE double to_acc(double x) { return x; }
+
+// Round to nearest even, like c10::BFloat16; NaN stays a (quiet) NaN.
+template <typename T> LOGO_INLINE T from_acc(acc_t<T> x) {
+  if constexpr (std::is_same_v<T, bf16>) {
+    uint32_t bits;
+    std::memcpy(&bits, &x, sizeof bits);
+    if (x != x) return bf16{0x7FC0};
+    bits += 0x7FFFu + ((bits >> 16) & 1u);
+    return bf16{uint16_t(bits >> 16)};
+  } else {
+    return x;
+  }
+}
+
+// vec<T, VB>: VB bytes of T. Generic vectors lower to whatever registers the target has.
+template <typename T, int VB> struct vector_of {
+  typedef T type __attribute__((vector_size(VB)));
+};
+template <typename T, int VB> using vec = typename vector_of<T, VB>::type;
+template <typename T, int VB> constexpr int lanes = VB / int(sizeof(T));
+
+// Panels are padded to whole 64-byte vectors, a multiple of every VB.
+template <typename T> constexpr int64_t pad_to_vectors(int64_t n) {
+  constexpr int64_t step = 64 / sizeof(T);
+  return (n + step - 1) / step * step;
+}
+
+template <typename T, int VB> LOGO_INLINE vec<T, VB> load(const T* p) {
+  vec<T, VB> v;
+  __builtin_memcpy(&v, p, VB);
+  return v;
+}
+template <typename T, int VB> LOGO_INLINE void store(T* p, vec<T, VB> v) { __builtin_memcpy(p, &v, VB); }
+template <typename T, int VB> LOGO_INLINE vec<T, VB> splat(T x) { return vec<T, VB>{} + x; }
+
+// Lane reductions as a halving tree (log2(lanes) dependent steps, not lanes - 1): a fixed order,
+// so results stay bitwise reproducible.
+template <typename T, int VB> LOGO_INLINE T horizontal_max(vec<T, VB> v) {
+  for (int width = lanes<T, VB> / 2; width > 0; width /= 2)
+    for (int i = 0; i < width; ++i) v[i] = v[i] > v[i + width] ? v[i] : v[i + width];
+  return v[0];
+}
+template <typename T, int VB> LOGO_INLINE T horizontal_sum(vec<T, VB> v) {
+  for (int width = lanes<T, VB> / 2; width > 0; width /= 2)
+    for (int i = 0; i < width; ++i) v[i] += v[i + width];
+  return v[0];
+}
+
+// exp on a float vector: Cephes' expf (range reduction by ln 2, degree-6 polynomial, 2^n by the
+// exponent bits), relative error ~2 ulp. Arguments below -87 (including -inf) give exactly 0.
+template <int VB> LOGO_INLINE vec<float, VB> exp_vec(vec<float, VB> x) {
+  using vf = vec<float, VB>;
+  using vi = vec<int32_t, VB>;
+  const vf lo = splat<float, VB>(-87.0f), hi = splat<float, VB>(88.0f);
+  vf xc = x < lo ? lo : x;
+  xc = xc > hi ? hi : xc;
+  vf fx = xc * 1.44269504088896341f + 0.5f;
+  vi n = __builtin_convertvector(fx, vi);  // truncates towards 0: make it floor
+  vf nf = __builtin_convertvector(n, vf);
+  n = n + (nf > fx);  // comparisons give -1 where true
+  nf = __builtin_convertvector(n, vf);
+  vf r = xc - nf * 0.693359375f - nf * -2.12194440e-4f;
+  vf p = splat<float, VB>(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  vi bits = (n + 127) << 23;
+  vf scale;
+  __builtin_memcpy(&scale, &bits, VB);
+  vf y = p * scale;
+  return x < lo ? vf{} : y;
+}
+
+// exp over n (a multiple of the vector lanes) values in place: vectorised for fp32, libm for fp64
+// (float64 is the gradcheck dtype, where accuracy beats speed).
+template <typename T, int VB> LOGO_INLINE void exp_inplace(T* x, int64_t n, T shift) {
+  if constexpr (std::is_same_v<T, float>) {
+    for (int64_t j = 0; j < n; j += lanes<T, VB>) store<T, VB>(x + j, exp_vec<VB>(load<T, VB>(x + j) - shift));
+  } else {
+    for (int64_t j = 0; j < n; ++j) x[j] = std::exp(x[j] - shift);
+  }
+}
+
+template <typename T, int VB> LOGO_INLINE T max_of(const T* x, int64_t n) {
+  vec<T, VB> m = splat<T, VB>(-std::numeric_limits<T>::infinity());
+  for (int64_t j = 0; j < n; j += lanes<T, VB>) {
+    vec<T, VB> v = load<T, VB>(x + j);
+    m = v > m ? v : m;
+  }
+  return horizontal_max<T, VB>(m);
+}
+
+template <typename T, int VB> LOGO_INLINE T sum_of(const T* x, int64_t n) {
+  vec<T, VB> s{};
+  for (int64_t j = 0; j < n; j += lanes<T, VB>) s += load<T, VB>(x + j);
+  return horizontal_sum<T, VB>(s);
+}
+
+}  // namespace logo_attn::cpu
