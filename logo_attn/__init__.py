@@ -3,6 +3,7 @@
 from ._version import __version__
 from .backends import available_backends
 from .layers import LocalGlobalAttention, LOGOBlock
+from .model import LOGOFormer
 from .ops import global_attention, local_attention, window_pool
 
 __all__ = [
@@ -13,4 +14,5 @@ __all__ = [
     "window_pool",
     "LocalGlobalAttention",
     "LOGOBlock",
+    "LOGOFormer",
 ]
