@@ -103,6 +103,8 @@ def environment(device: torch.device, threads: int | None = None) -> dict:
         "logo_attn": logo_attn.__version__,
         "commit": commit(),
         "threads": threads if threads is not None else torch.get_num_threads(),
+        # other processes compete for the cores on shared machines: CPU timings mean little under load
+        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "backends": {name: status.reason for name, status in logo_attn.available_backends().items()},
     }
     roof = roofline_for(env["device"])
@@ -114,7 +116,8 @@ def header_line(env: dict) -> str:
     driver = f" driver {env['driver']}" if env.get("driver") else ""
     return (
         f"# {env['device']}{driver} | torch {env['torch']} | triton {env['triton']} | "
-        f"logo_attn {env['logo_attn']} @ {env['commit']} | {env['threads']} threads"
+        f"logo_attn {env['logo_attn']} @ {env['commit']} | {env['threads']} threads | "
+        f"load {env['load_average_1min']}"
     )
 
 

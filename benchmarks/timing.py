@@ -47,9 +47,7 @@ def _quantiles(values: list[float]) -> tuple[float, float, float]:
 def time_cpu(fn: Callable[[], object], threads: int, min_run_time: float = 1.0, min_samples: int = 5,
              warmup: int = 2) -> Timing:
     timer = torch_benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
-    for _ in range(warmup):
-        timer.timeit(1)
-    first = timer.timeit(1).median
+    first = min(timer.timeit(1).median for _ in range(max(1, warmup)))
     number = max(1, int(min_run_time / 10 / max(first, 1e-9)))
     samples, spent = [], 0.0
     while len(samples) < min_samples or spent < min_run_time:
@@ -71,11 +69,12 @@ def time_cuda(fn: Callable[[], object], warmup_ms: float = 25, rep_ms: float = 1
     return Timing(median / 1e3, p20 / 1e3, p80 / 1e3, samples=samples)
 
 
-def measure(fn: Callable[[], object], device: torch.device, *, threads: int, min_run_time: float = 1.0) -> Timing:
-    """Time `fn` on `device` (see the module docstring); `min_run_time` seconds of samples on CPU."""
+def measure(fn: Callable[[], object], device: torch.device, *, threads: int, min_run_time: float = 1.0,
+            min_samples: int = 5, warmup: int = 2) -> Timing:
+    """Time `fn` on `device` (see the module docstring); on CPU `min_run_time` seconds and `min_samples` samples."""
     if device.type == "cuda":
         return time_cuda(fn, rep_ms=max(100.0, min_run_time * 1e3 / 4))
-    return time_cpu(fn, threads, min_run_time=min_run_time)
+    return time_cpu(fn, threads, min_run_time=min_run_time, min_samples=min_samples, warmup=warmup)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,434 @@
+"""How LOGO attention's cost and speed scale against full, divided (TimeSformer) and spatial-only attention.
+
+The evidence for the paper's O(FHW*fhw + (FHW)^2/fhw) claim (eq. 9), on your machine:
+
+1. analytic cost of each scheme's attention from `logo_attn.flops`: attended pairs counted exactly
+   (border windows, prefix tokens), converted to MACs as vision papers report them (q.k and p.v:
+   head_dim MACs each per pair and head; FLOPs = 2 x MACs), next to the paper's expression;
+2. the FLOPs that `torch.utils.flop_counter.FlopCounterMode` counts on the real layers (logo_attn ops
+   for LOGO, SDPA for the others, see `benchmarks.schemes`), split into attention and projections,
+   each compared with its analytic value: the script says MISMATCH when they differ;
+3. measured time forward and forward+backward and peak memory on the device at hand;
+4. log-log slopes of cost and time against N = F*H*W along each family of grids (window fixed), and
+   where along each family LOGO becomes cheaper or dearer than divided attention (exact pairs);
+5. CSV/JSON (with device, versions, commit) and PNG plots under benchmarks/results/, a table at the end.
+
+Attention cost is what the paper's formulas describe; the layers also spend MACs in their linear
+projections (reported separately, never mixed into the attention columns), and norms, softmax and
+pooling are not counted (FlopCounterMode does not count them either).
+
+    python benchmarks/flops_vs_timesformer.py --quick          # ~1-2 minutes on a 2-core CPU
+    python benchmarks/flops_vs_timesformer.py                  # the whole sweep
+    python benchmarks/flops_vs_timesformer.py --device cuda --dtype bfloat16 --batch 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks` and an uninstalled `logo_attn` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import torch
+
+from benchmarks import schemes
+from benchmarks.counting import count_flops
+from benchmarks.environment import ROOT, device_tag, environment, header_line
+from benchmarks.results import fmt, table, write_results
+from benchmarks.timing import measure, peak_memory
+from logo_attn import backends
+from logo_attn.flops import SCHEMES, attention_macs, attention_pairs, paper_attention_pairs
+from logo_attn.ops import clip_window
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+MODEL_GRID, MODEL_WINDOW = (16, 7, 7), (2, 7, 7)  # LOGOFormer's defaults: 16 frames of 112x112 -> 16x7x7
+
+
+@dataclass(frozen=True)
+class Family:
+    """Grids along which one axis grows with the rest fixed; slopes and crossovers are taken along it."""
+
+    name: str
+    label: str
+    axis: str  # "frames" or "size"
+    fixed: int
+
+    def grid(self, value: int) -> tuple[int, int, int]:
+        return (value, self.fixed, self.fixed) if self.axis == "frames" else (self.fixed, value, value)
+
+    def values(self, args) -> list[int]:
+        return args.frames if self.axis == "frames" else args.sizes
+
+
+FAMILIES = (
+    Family("space", "F=16, H=W growing", "size", 16),
+    Family("time7", "H=W=7, F growing", "frames", 7),
+    Family("time14", "H=W=14, F growing", "frames", 14),
+)
+
+FULL = dict(frames=[4, 8, 16, 32, 64], sizes=[4, 7, 14, 21, 28], windows=["2x7x7", "4x7x7", "2x4x4"])
+QUICK = dict(frames=[4, 16, 32], sizes=[4, 7, 14], windows=["2x7x7"])
+# fwd+bwd GFLOP per timed call above which a point is left untimed (reported as such), per device type
+MAX_GFLOP = {"cpu": 40.0, "cuda": 1e6}
+MAX_GFLOP_QUICK = {"cpu": 2.0, "cuda": 1e5}
+
+
+def parse_triple(text: str) -> tuple[int, int, int]:
+    parts = tuple(int(p) for p in text.lower().split("x"))
+    if len(parts) != 3 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"expected fxhxw with positive ints, e.g. 2x7x7, got {text!r}")
+    return parts
+
+
+# --------------------------------------------------------------------------------------------------
+# Analytic and counted cost
+# --------------------------------------------------------------------------------------------------
+
+
+def scheme_cost(scheme: str, grid, window, args) -> dict:
+    """One row of analytic and counted cost for one clip (batch 1); `window` as asked, clipped to the grid here."""
+    asked, window = window, clip_window(grid, window) if window else None
+    pairs = attention_pairs(scheme, grid, window, args.prefix)
+    attn = attention_macs(pairs, args.dim)
+    proj = schemes.projection_macs(scheme, grid, window, args.dim, args.prefix)
+    paper = paper_attention_pairs(scheme, grid, asked)  # the paper's expression knows no clipping or borders
+    counted = counted_flops(scheme, grid, window, args)
+    match = counted["attention"] == 2 * attn and counted["projection"] == 2 * proj and counted["other"] == 0
+    return dict(
+        scheme=scheme, window="x".join(map(str, asked)) if asked else None,
+        clipped_window="x".join(map(str, window)) if window else None, grid="x".join(map(str, grid)),
+        tokens=math.prod(grid), prefix=args.prefix, dim=args.dim, heads=args.heads,
+        pairs=pairs, paper_pairs=paper, attention_gmacs=attn / 1e9, paper_attention_gmacs=2 * args.dim * paper / 1e9,
+        projection_gmacs=proj / 1e9, layer_gmacs=(attn + proj) / 1e9,
+        counted_attention_flops=counted["attention"], counted_projection_flops=counted["projection"],
+        counted_other_flops=counted["other"], counted_equals_analytic=match,
+    )
+
+
+def counted_flops(scheme: str, grid, window, args) -> dict[str, int]:
+    def run():
+        with torch.device("meta"):
+            layer = schemes.build(scheme, args.dim, args.heads, window, args.prefix, backend="torch")
+            x = torch.empty(1, args.prefix + math.prod(grid), args.dim)
+        return layer(x, grid)
+
+    return count_flops(run)
+
+
+# --------------------------------------------------------------------------------------------------
+# Timing
+# --------------------------------------------------------------------------------------------------
+
+
+def time_scheme(scheme: str, grid, window, args, device, dtype) -> dict:
+    """fwd and fwd+bwd medians (ms, with p20/p80) and fwd+bwd peak memory of one layer, batch `args.batch`."""
+    torch.manual_seed(args.seed)
+    window = clip_window(grid, window) if window else None
+    layer = schemes.build(scheme, args.dim, args.heads, window, args.prefix, backend=args.backend).to(device, dtype)
+    x = torch.randn(args.batch, args.prefix + math.prod(grid), args.dim, device=device, dtype=dtype, requires_grad=True)
+    leaves = [x, *layer.parameters()]
+    dout = torch.randn_like(x)
+
+    def fwd():
+        return layer(x, grid)
+
+    def fwdbwd():
+        return torch.autograd.grad(layer(x, grid), leaves, dout)
+
+    result = {}
+    for mode, fn in (("fwd", fwd), ("fwdbwd", fwdbwd)):
+        timing = measure(fn, device, threads=args.threads, min_run_time=args.min_run_time, min_samples=3, warmup=1)
+        result.update({f"{mode}_ms": timing.median * 1e3, f"{mode}_p20_ms": timing.p20 * 1e3,
+                       f"{mode}_p80_ms": timing.p80 * 1e3})
+    result["fwdbwd_peak_mib"] = peak_memory(fwdbwd, device) / 2**20
+    return result
+
+
+def timed_gflop(row: dict, batch: int) -> float:
+    """Analytic fwd+bwd GFLOP of one timed call: 2 FLOPs per MAC; backward ~2x (projections) and 2.5x (attention)."""
+    return 2 * batch * (3.5 * row["attention_gmacs"] + 3 * row["projection_gmacs"])
+
+
+# --------------------------------------------------------------------------------------------------
+# Slopes and crossovers
+# --------------------------------------------------------------------------------------------------
+
+
+def slope(tokens: Sequence[float], values: Sequence[float]) -> float | None:
+    """Least-squares slope of log(value) against log(tokens); None with fewer than two points."""
+    points = [(n, v) for n, v in zip(tokens, values) if v and v > 0]
+    if len(points) < 2:
+        return None
+    n, v = np.log(np.array(points, dtype=float)).T
+    return float(np.polyfit(n, v, 1)[0])
+
+
+def crossovers(family: Family, window, prefix: int, limit: int) -> list[dict]:
+    """Where along `family` (its axis from 1 to `limit`) LOGO's exact pairs cross divided attention's."""
+    changes, previous = [], None
+    for value in range(1, limit + 1):
+        grid = family.grid(value)
+        logo = attention_pairs("logo", grid, clip_window(grid, window), prefix)
+        cheaper = logo < attention_pairs("divided", grid, None, prefix)
+        if previous is not None and cheaper != previous:
+            changes.append(dict(family=family.name, window="x".join(map(str, window)), grid="x".join(map(str, grid)),
+                                tokens=math.prod(grid), logo_cheaper_from_here=cheaper))
+        previous = cheaper
+    return changes
+
+
+# --------------------------------------------------------------------------------------------------
+# Plots
+# --------------------------------------------------------------------------------------------------
+
+COLORS = {"full": "tab:red", "divided": "tab:blue", "spatial": "tab:green"}
+LOGO_COLORS = ("tab:purple", "tab:orange", "tab:brown", "tab:olive")
+
+
+def _series(rows, family: Family, args, scheme: str, window: str | None, key: str):
+    grids = {"x".join(map(str, family.grid(v))) for v in family.values(args)}
+    picked = sorted((r["tokens"], r.get(key)) for r in rows
+                    if r["scheme"] == scheme and r["window"] == window and r["grid"] in grids)
+    return [n for n, _ in picked], [v for _, v in picked]
+
+
+def _lines(args):
+    yield "full", None, COLORS["full"], "full"
+    yield "divided", None, COLORS["divided"], "divided (TimeSformer)"
+    yield "spatial", None, COLORS["spatial"], "spatial-only"
+    for color, window in zip(LOGO_COLORS, args.windows):
+        yield "logo", "x".join(map(str, window)), color, f"LOGO {'x'.join(map(str, window))}"
+
+
+def _log_axes(ax, title: str) -> None:
+    from matplotlib.ticker import NullFormatter
+
+    ax.set(xscale="log", yscale="log", xlabel="tokens N = F*H*W", title=title)
+    ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap on short ranges
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def plot(rows, args, env, path_prefix: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    title = f"{env['device']} | torch {env['torch']} | {env['commit']}"
+    written = []
+    # cost: exact attention MACs (solid, markers) and the paper's expression (dashed)
+    fig, axes = plt.subplots(1, len(FAMILIES), figsize=(5 * len(FAMILIES), 4.2), squeeze=False)
+    for ax, family in zip(axes[0], FAMILIES):
+        for scheme, window, color, label in _lines(args):
+            n, exact = _series(rows, family, args, scheme, window, "attention_gmacs")
+            _, paper = _series(rows, family, args, scheme, window, "paper_attention_gmacs")
+            ax.plot(n, exact, "o-", color=color, label=label)
+            ax.plot(n, paper, "--", color=color, alpha=0.6)
+        _log_axes(ax, family.label)
+    axes[0][0].set_ylabel(f"attention GMACs per clip (dim {args.dim})")
+    axes[0][-1].legend(fontsize=8, title="solid: exact pairs\ndashed: paper's formula", title_fontsize=8)
+    fig.suptitle(f"Attention cost vs tokens\n{title}", fontsize=9)
+    fig.tight_layout()
+    written.append(path_prefix.with_name(path_prefix.name + "_cost.png"))
+    fig.savefig(written[-1], dpi=110)
+    plt.close(fig)
+    # time: measured fwd and fwd+bwd
+    if args.time:
+        fig, axes = plt.subplots(2, len(FAMILIES), figsize=(5 * len(FAMILIES), 7.5), squeeze=False)
+        for row_axes, mode, mode_label in zip(axes, ("fwd_ms", "fwdbwd_ms"), ("forward", "forward+backward")):
+            for ax, family in zip(row_axes, FAMILIES):
+                for scheme, window, color, label in _lines(args):
+                    n, ms = _series(rows, family, args, scheme, window, mode)
+                    kept = [(a, b) for a, b in zip(n, ms) if b]
+                    if kept:
+                        ax.plot(*zip(*kept), "o-", color=color, label=label)
+                _log_axes(ax, f"{family.label}: {mode_label}")
+            row_axes[0].set_ylabel(f"ms (batch {args.batch}, {args.dtype})")
+        axes[0][-1].legend(fontsize=8)
+        fig.suptitle(f"Measured layer time vs tokens (dim {args.dim}, {args.heads} heads)\n{title}", fontsize=9)
+        fig.tight_layout()
+        written.append(path_prefix.with_name(path_prefix.name + "_time.png"))
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+    return written
+
+
+# --------------------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a small sweep that runs in about a minute on a CPU")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), help="default float32 on CPU, bfloat16 on CUDA")
+    parser.add_argument("--backend", default="auto", help="logo_attn backend of the LOGO layer (default auto)")
+    parser.add_argument("--dim", type=int, default=256, help="layer width (LOGOFormer's embed_dim)")
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--prefix", type=int, default=0, help="prefix (CLS) tokens; the paper's formulas assume 0")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--frames", type=int, nargs="+", help="F values of the time families")
+    parser.add_argument("--sizes", type=int, nargs="+", help="H=W values of the space family")
+    parser.add_argument("--windows", nargs="+", help="windows fxhxw (first is the main one)")
+    parser.add_argument("--no-time", dest="time", action="store_false", help="cost only, no timing")
+    parser.add_argument("--max-gflop", type=float, help="leave points costing more fwd+bwd GFLOP per call untimed")
+    parser.add_argument("--min-run-time", type=float, help="seconds of samples per CPU timing")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: all)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-plot", dest="plot", action="store_false")
+    parser.add_argument("--out", type=Path, help="result path prefix (default benchmarks/results/flops_vs_timesformer_<device>[_quick])")
+    args = parser.parse_args(argv)
+    sweep = QUICK if args.quick else FULL
+    args.frames = args.frames or sweep["frames"]
+    args.sizes = args.sizes or sweep["sizes"]
+    args.windows = [parse_triple(w) for w in (args.windows or sweep["windows"])]
+    args.dtype = args.dtype or ("bfloat16" if args.device == "cuda" else "float32")
+    args.max_gflop = args.max_gflop or (MAX_GFLOP_QUICK if args.quick else MAX_GFLOP)[args.device]
+    args.min_run_time = args.min_run_time or (0.05 if args.quick else 0.5)
+    args.threads = args.threads or torch.get_num_threads()
+    if args.dim % args.heads:
+        parser.error(f"--dim {args.dim} must be divisible by --heads {args.heads}")
+    return args
+
+
+def sweep_points(args) -> list[tuple[str, tuple[int, int, int], tuple[int, int, int] | None]]:
+    """(scheme, grid, window) of every row: each grid of every family, LOGO once per window."""
+    grids = sorted({family.grid(v) for family in FAMILIES for v in family.values(args)}, key=math.prod)
+    points = []
+    for grid in grids:
+        points += [(scheme, grid, None) for scheme in SCHEMES if scheme != "logo"]
+        points += [("logo", grid, window) for window in args.windows]
+    return points
+
+
+def progress(items, **kwargs):
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return items
+    return tqdm(items, **kwargs)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    started = time.perf_counter()
+    args = parse_args(argv)
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
+    env = environment(device, args.threads if device.type == "cpu" else None)
+    print(header_line(env), flush=True)
+    logo_backend = backends.choose(args.backend, device.type, dtype, args.dim // args.heads, backends.triton_interpreted())
+    print(f"# layers of width {args.dim}, {args.heads} heads, {args.prefix} prefix tokens; LOGO on backend "
+          f"{logo_backend!r}; timing batch {args.batch}, {args.dtype}, points above {args.max_gflop:g} GFLOP left untimed",
+          flush=True)
+
+    points = sweep_points(args)
+    rows = [scheme_cost(scheme, grid, window, args) for scheme, grid, window in points]
+    if args.time:
+        for row, (scheme, grid, window) in zip(progress(rows, desc="timing", unit="layer"), points):
+            row.update(backend=logo_backend if scheme == "logo" else "sdpa", timed_gflop=timed_gflop(row, args.batch))
+            if row["timed_gflop"] > args.max_gflop:
+                row["status"] = f"untimed: {row['timed_gflop']:.3g} GFLOP > --max-gflop {args.max_gflop:g}"
+                continue
+            try:
+                row.update(time_scheme(scheme, grid, window, args, device, dtype), status="ok")
+            except torch.OutOfMemoryError as error:
+                row["status"] = f"out of memory: {str(error).splitlines()[0]}"
+
+    slopes = fit_slopes(rows, args)
+    crossings = [c for window in args.windows for family in FAMILIES
+                 for c in crossovers(family, window, args.prefix, 64 if family.axis == "size" else 256)]
+    summary = dict(slopes=slopes, crossovers=crossings, mismatches=[r for r in rows if not r["counted_equals_analytic"]],
+                   seconds=None)
+    prefix = args.out or ROOT / "benchmarks" / "results" / (
+        f"flops_vs_timesformer_{device_tag(device)}" + ("_quick" if args.quick else ""))
+    report(rows, summary, args)
+    summary["seconds"] = time.perf_counter() - started
+    config = {k: v for k, v in vars(args).items() if k != "out"}
+    written = write_results(prefix, env, {**config, "summary": summary}, rows)
+    if args.plot:
+        written += plot(rows, args, env, prefix)
+    for path in written:
+        print(f"wrote {path}")
+    print(f"done in {summary['seconds']:.0f} s")
+    return dict(rows=rows, summary=summary, files=written)
+
+
+def fit_slopes(rows, args) -> list[dict]:
+    fits = []
+    for family in FAMILIES:
+        for scheme, window, _, label in _lines(args):
+            entry = dict(family=family.name, scheme=label)
+            for key, name in (("attention_gmacs", "cost"), ("fwd_ms", "fwd_time"), ("fwdbwd_ms", "fwdbwd_time")):
+                n, values = _series(rows, family, args, scheme, window, key)
+                entry[f"{name}_slope"] = slope(n, values)
+                entry[f"{name}_tail_slope"] = slope(n[-2:], values[-2:])  # between the two largest grids
+            fits.append(entry)
+    return fits
+
+
+def report(rows, summary, args) -> None:
+    """The compact tables printed at the end of a run."""
+    main_window = "x".join(map(str, args.windows[0]))
+    labels = [label for *_, label in _lines(args)]
+    keys = [(scheme, window) for scheme, window, *_ in _lines(args)]
+    by_key = {(r["scheme"], r["window"], r["grid"]): r for r in rows}
+    grids = sorted({r["grid"] for r in rows}, key=lambda g: (math.prod(map(int, g.split("x"))), g))
+    for title, key in (("attention GMACs per clip (exact; FLOPs = 2 x MACs)", "attention_gmacs"),
+                       ("attended pairs per query token", "pairs_per_token"),
+                       (f"forward+backward ms (batch {args.batch}, {args.dtype})", "fwdbwd_ms")):
+        if key == "fwdbwd_ms" and not args.time:
+            continue
+        cells = []
+        for grid in grids:
+            tokens = math.prod(map(int, grid.split("x")))
+            line = [grid, tokens]
+            for scheme, window in keys:
+                row = by_key[(scheme, window, grid)]
+                line.append(row["pairs"] / (tokens + args.prefix) if key == "pairs_per_token" else row.get(key))
+            cells.append(line)
+        print(f"\n{title}")
+        print(table(cells, ["grid", "N", *labels]))
+
+    print("\nlog-log slope against N (whole family / between its two largest grids)")
+    cells = [[s["family"], s["scheme"], f"{fmt(s['cost_slope'])} / {fmt(s['cost_tail_slope'])}",
+              f"{fmt(s['fwdbwd_time_slope'])} / {fmt(s['fwdbwd_time_tail_slope'])}"] for s in summary["slopes"]]
+    print(table(cells, ["family", "scheme", "cost slope", "fwd+bwd time slope"]))
+
+    print("\nwhere LOGO's attended pairs cross divided attention's (exact, dense sweep of each family)")
+    for family in FAMILIES:
+        for window in args.windows:
+            w = "x".join(map(str, window))
+            found = [c for c in summary["crossovers"] if c["family"] == family.name and c["window"] == w]
+            text = "; ".join(f"{'cheaper' if c['logo_cheaper_from_here'] else 'dearer'} from {c['grid']} (N={c['tokens']})"
+                             for c in found) or "no crossing"
+            print(f"  {family.label}, window {w}: LOGO {text}")
+    model = by_key.get(("logo", main_window, "x".join(map(str, MODEL_GRID))))
+    divided = by_key.get(("divided", None, "x".join(map(str, MODEL_GRID))))
+    if model and divided and main_window == "x".join(map(str, MODEL_WINDOW)):
+        print(f"  at the model's default grid 16x7x7, window 2x7x7: LOGO {model['pairs']} pairs vs divided "
+              f"{divided['pairs']} ({model['pairs'] / divided['pairs']:.2f}x)")
+
+    if summary["mismatches"]:
+        print(f"\nMISMATCH: FlopCounterMode's count differs from the analytic one in {len(summary['mismatches'])} rows:")
+        for r in summary["mismatches"]:
+            print(f"  {r['scheme']} {r['grid']} {r['window']}: counted attention {r['counted_attention_flops']} vs "
+                  f"{2e9 * r['attention_gmacs']:.0f}, projections {r['counted_projection_flops']} vs "
+                  f"{2e9 * r['projection_gmacs']:.0f}, other {r['counted_other_flops']}")
+    else:
+        print(f"\nFlopCounterMode's counts equal the analytic FLOPs (attention and projections) in all {len(rows)} rows.")
+    untimed = [r for r in rows if r.get("status", "ok") != "ok"]
+    if untimed:
+        print(f"{len(untimed)} rows untimed (over the --max-gflop budget or out of memory); see the JSON's status.")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+"""Smoke tests of benchmarks/: the peers compute what the ops compute, counted FLOPs equal the analytic
+ones on real tensors, the timing helpers measure what they say, and both scripts run on tiny sweeps."""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `benchmarks` is a folder of the checkout, not an installed package
+    sys.path.insert(0, str(ROOT))
+
+import logo_attn  # noqa: E402
+from benchmarks import bench_ops, flops_vs_timesformer, peers, schemes  # noqa: E402
+from benchmarks.counting import count_flops  # noqa: E402
+from benchmarks.timing import Timing, measure, peak_memory  # noqa: E402
+from logo_attn import flops  # noqa: E402
+
+# (grid, window): divisible, border windows on every axis, window larger than the grid
+GRIDS = [((4, 6, 6), (2, 3, 3)), ((3, 5, 7), (2, 3, 3)), ((2, 3, 2), (4, 7, 7))]
+
+
+def close(actual, expected, tol=1e-10):
+    return float((actual.detach().double() - expected.detach()).norm() / expected.detach().norm()) < tol
+
+
+def reference_local(q, k, v, grid, window):
+    return logo_attn.local_attention(q, k, v, grid, window, backend="torch")
+
+
+@pytest.mark.parametrize("grid,window", GRIDS)
+@pytest.mark.parametrize("peer", [peers.partition_sdpa, peers.masked_full_sdpa])
+def test_local_peers_equal_the_op(peer, grid, window):
+    clipped = [min(w, g) for w, g in zip(window, grid)]
+    qkv = torch.randn(2, math.prod(grid), 3, 2, 16, dtype=torch.float64, requires_grad=True)
+    expected = reference_local(*qkv.unbind(2), grid, clipped)
+    got = peer(*qkv.unbind(2), grid, clipped)
+    assert got.shape == expected.shape and got.is_contiguous()
+    assert close(got, expected)
+    dout = torch.randn_like(expected)
+    (want,) = torch.autograd.grad(expected, qkv, dout)
+    (grad,) = torch.autograd.grad(got, qkv, dout)
+    assert close(grad, want)
+
+
+def test_flex_peer_equals_the_op():
+    """Compiled FlexAttention with the cached block mask; forward only on CPU (it has no CPU backward)."""
+    grid, window = (3, 5, 7), (2, 3, 3)
+    qkv = torch.randn(1, math.prod(grid), 3, 2, 16)
+    flex = peers.FlexLocalAttention(grid, window, torch.device("cpu"))
+    assert not flex.has_backward
+    expected = reference_local(*qkv.double().unbind(2), grid, window)
+    assert close(flex(*qkv.unbind(2)), expected, tol=1e-5)
+
+
+def test_global_peer_equals_the_op():
+    q = torch.randn(2, 30, 3, 16, dtype=torch.float64, requires_grad=True)
+    kv = torch.randn(2, 5, 2, 3, 16, dtype=torch.float64, requires_grad=True)
+    expected = logo_attn.global_attention(q, *kv.unbind(2), backend="torch")
+    got = peers.sdpa_global(q, *kv.unbind(2))
+    assert close(got, expected)
+    dout = torch.randn_like(expected)
+    for g, w in zip(torch.autograd.grad(got, (q, kv), dout), torch.autograd.grad(expected, (q, kv), dout)):
+        assert close(g, w)
+
+
+@pytest.mark.parametrize("grid,window", GRIDS)
+@pytest.mark.parametrize("peer", [peers.avg_pool3d_pool, peers.partition_mean])
+def test_pool_peers_equal_the_op(peer, grid, window):
+    clipped = [min(w, g) for w, g in zip(window, grid)]
+    x = torch.randn(2, math.prod(grid), 24, dtype=torch.float64)
+    assert close(peer(x, grid, clipped), logo_attn.window_pool(x, grid, clipped, backend="torch"))
+
+
+@pytest.mark.parametrize("prefix", [0, 1])
+def test_sdpa_layer_equals_the_layer(prefix):
+    grid = (3, 5, 7)
+    layer = logo_attn.LocalGlobalAttention(32, 4, (2, 3, 3), num_prefix_tokens=prefix, backend="torch").double()
+    user = peers.SDPALocalGlobalAttention(32, 4, (2, 3, 3), num_prefix_tokens=prefix).double()
+    user.load_state_dict(layer.state_dict())
+    x = torch.randn(2, prefix + math.prod(grid), 32, dtype=torch.float64, requires_grad=True)
+    expected, got = layer(x, grid), user(x, grid)
+    assert close(got, expected)
+    dout = torch.randn_like(expected)
+    want = torch.autograd.grad(expected, [x, *layer.parameters()], dout)
+    grads = torch.autograd.grad(got, [x, *user.parameters()], dout)
+    assert all(close(g, w) for g, w in zip(grads, want))
+
+
+@pytest.mark.parametrize("prefix", [0, 2])
+@pytest.mark.parametrize("scheme", flops.SCHEMES)
+def test_counted_flops_on_real_tensors_equal_analytic(scheme, prefix):
+    """FlopCounterMode on real CPU tensors (SDPA's math path, which it counts) against logo_attn.flops."""
+    grid, window, dim = (3, 5, 7), (2, 3, 3), 24
+    layer = schemes.build(scheme, dim, 3, window, prefix, backend="torch")
+    x = torch.randn(2, prefix + math.prod(grid), dim)
+    with sdpa_kernel(SDPBackend.MATH):
+        counted = count_flops(lambda: layer(x, grid))
+    pairs = flops.attention_pairs(scheme, grid, window, prefix)
+    assert counted["attention"] == 2 * flops.attention_macs(pairs, dim, batch=2)
+    assert counted["projection"] == 2 * 2 * schemes.projection_macs(scheme, grid, window, dim, prefix)
+    assert counted["other"] == 0
+
+
+def masked_attention(attn: schemes.SelfAttention, x, mask):
+    """`attn` over all tokens with an explicit mask: the definition the reshaping layers must match."""
+    q, k, v = attn.qkv(x).unflatten(-1, (3, attn.num_heads, -1)).permute(2, 0, 3, 1, 4)
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return attn.proj(out.transpose(1, 2).flatten(2))
+
+
+def test_divided_and_spatial_layers_equal_masked_attention():
+    grid = (3, 4, 5)
+    t, y, x_ = torch.tensor([(a, b, c) for a in range(3) for b in range(4) for c in range(5)]).T
+    same_frame = t[:, None] == t[None, :]
+    same_place = (y[:, None] == y[None, :]) & (x_[:, None] == x_[None, :])
+    x = torch.randn(2, math.prod(grid), 16, dtype=torch.float64)
+
+    spatial = schemes.build("spatial", 16, 2).double()
+    expected = x + masked_attention(spatial.attn, spatial.norm(x), same_frame)
+    assert close(spatial(x, grid), expected)
+
+    divided = schemes.build("divided", 16, 2).double()
+    y_ = x + divided.temporal_fc(masked_attention(divided.temporal_attn, divided.temporal_norm(x), same_place))
+    expected = y_ + masked_attention(divided.spatial.attn, divided.spatial.norm(y_), same_frame)
+    assert close(divided(x, grid), expected)
+
+
+def test_timing_quantiles_are_ordered():
+    timing = measure(lambda: torch.randn(64, 64) @ torch.randn(64, 64), torch.device("cpu"), threads=1,
+                     min_run_time=0.02, min_samples=5)
+    assert isinstance(timing, Timing) and timing.samples >= 5
+    assert 0 < timing.p20 <= timing.median <= timing.p80
+
+
+def test_cpu_peak_memory_sees_a_temporary():
+    size = 4 << 20  # 4 MiB of float32, freed before fn returns
+
+    def fn():
+        big = torch.ones(size // 4)
+        return float(big.sum())
+
+    peak = peak_memory(fn, torch.device("cpu"))
+    assert size <= peak < 2 * size
+
+
+def test_bench_ops_runs_and_checks_every_row(tmp_path):
+    out = tmp_path / "ops"
+    rows = bench_ops.main([
+        "--device", "cpu", "--backend", "torch", "--dtype", "float32", "--batch", "1", "--grid", "3x5x4",
+        "--window", "2x3x3", "--heads", "2", "--head-dim", "16", "--global-keys", "4",
+        "--peers", "partition_sdpa", "masked_full", "sdpa", "avg_pool3d", "partition_mean", "sdpa_layer",
+        "--min-run-time", "0.005", "--threads", "1", "--out", str(out),
+    ])
+    assert {r["op"] for r in rows} == {"local_attention", "global_attention", "window_pool", "LocalGlobalAttention"}
+    assert all(r["status"] == "ok" for r in rows), [r["status"] for r in rows if r["status"] != "ok"]
+    assert all(r["check_rel_err"] < 1e-4 and r["median_ms"] > 0 and r["peak_mib"] >= 0 for r in rows)
+    local_fwd = next(r for r in rows if r["op"] == "local_attention" and r["mode"] == "fwd")
+    pairs = flops.local_attention_pairs((3, 5, 4), (2, 3, 3))
+    assert local_fwd["tflops"] == pytest.approx(flops.attention_flops(pairs, 1, 2, 16) / local_fwd["median_ms"] / 1e9)
+    saved = json.loads(out.with_suffix(".json").read_text())
+    assert saved["environment"]["torch"] == torch.__version__ and len(saved["rows"]) == len(rows)
+    assert out.with_suffix(".csv").read_text().count("\n") == len(rows) + 1
+
+
+def test_bench_ops_reports_a_wrong_peer_instead_of_timing_it(monkeypatch, tmp_path):
+    monkeypatch.setattr(peers, "sdpa_global", lambda q, k, v: peers.F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2).contiguous() * 1.01)
+    rows = bench_ops.main([
+        "--device", "cpu", "--backend", "torch", "--ops", "global", "--modes", "fwd", "--batch", "1",
+        "--grid", "2x3x3", "--heads", "2", "--head-dim", "16", "--peers", "sdpa", "--min-run-time", "0.005",
+        "--threads", "1", "--out", str(tmp_path / "ops"),
+    ])
+    wrong = next(r for r in rows if r["impl"] == "sdpa")
+    assert wrong["status"].startswith("error: AssertionError") and wrong["median_ms"] is None
+
+
+def test_flops_vs_timesformer_tiny_sweep(tmp_path):
+    out = tmp_path / "sweep"
+    result = flops_vs_timesformer.main([
+        "--frames", "2", "4", "--sizes", "3", "5", "--windows", "2x3x3", "--dim", "16", "--heads", "2",
+        "--prefix", "1", "--min-run-time", "0.005", "--threads", "1", "--out", str(out),
+    ])
+    rows, summary = result["rows"], result["summary"]
+    assert not summary["mismatches"]
+    assert all(r["counted_equals_analytic"] for r in rows)
+    assert all(r["status"] == "ok" and r["fwd_ms"] > 0 and r["fwdbwd_ms"] > 0 for r in rows)
+    full_space = next(s for s in summary["slopes"] if s["family"] == "space" and s["scheme"] == "full")
+    assert full_space["cost_slope"] == pytest.approx(2.0, abs=0.05)  # (N + 1)^2 with one prefix token
+    for path in (out.with_suffix(".json"), out.with_suffix(".csv"), tmp_path / "sweep_cost.png",
+                 tmp_path / "sweep_time.png"):
+        assert path.stat().st_size > 0
+
+
+def test_crossovers_are_real_sign_changes():
+    family = flops_vs_timesformer.FAMILIES[0]  # F = 16, H = W growing
+    found = flops_vs_timesformer.crossovers(family, (2, 7, 7), 0, 64)
+    assert found, "LOGO and divided attention must cross along F=16 with a 2x7x7 window"
+    for crossing in found:
+        size = int(crossing["grid"].split("x")[1])
+        before, after = family.grid(size - 1), family.grid(size)
+
+        def cheaper(grid):
+            window = [min(w, g) for w, g in zip((2, 7, 7), grid)]
+            return flops.attention_pairs("logo", grid, window) < flops.attention_pairs("divided", grid)
+
+        assert cheaper(after) == crossing["logo_cheaper_from_here"] != cheaper(before)
