@@ -69,18 +69,26 @@ template <typename T, int VB> LOGO_INLINE vec<T, VB> load(const T* p) {
 template <typename T, int VB> LOGO_INLINE void store(T* p, vec<T, VB> v) { __builtin_memcpy(p, &v, VB); }
 template <typename T, int VB> LOGO_INLINE vec<T, VB> splat(T x) { return vec<T, VB>{} + x; }
 
-// Lane reductions as a halving tree (log2(lanes) dependent steps, not lanes - 1): a fixed order,
-// so results stay bitwise reproducible.
-template <typename T, int VB> LOGO_INLINE T horizontal_max(vec<T, VB> v) {
-  for (int width = lanes<T, VB> / 2; width > 0; width /= 2)
-    for (int i = 0; i < width; ++i) v[i] = v[i] > v[i + width] ? v[i] : v[i + width];
-  return v[0];
+// Lane reductions as a halving tree: add (or max) the two halves until two lanes are left. log2
+// steps on registers instead of a serial chain, and a fixed order, so results stay reproducible.
+struct MaxOp {
+  template <typename V> LOGO_INLINE V operator()(V a, V b) const { return a > b ? a : b; }
+};
+struct AddOp {
+  template <typename V> LOGO_INLINE V operator()(V a, V b) const { return a + b; }
+};
+template <typename T, int VB, class Op> LOGO_INLINE T reduce_lanes(vec<T, VB> v, Op op) {
+  if constexpr (VB == 2 * int(sizeof(T))) {
+    return op(v[0], v[1]);
+  } else {
+    vec<T, VB / 2> low, high;
+    __builtin_memcpy(&low, &v, VB / 2);
+    __builtin_memcpy(&high, reinterpret_cast<const char*>(&v) + VB / 2, VB / 2);
+    return reduce_lanes<T, VB / 2>(op(low, high), op);
+  }
 }
-template <typename T, int VB> LOGO_INLINE T horizontal_sum(vec<T, VB> v) {
-  for (int width = lanes<T, VB> / 2; width > 0; width /= 2)
-    for (int i = 0; i < width; ++i) v[i] += v[i + width];
-  return v[0];
-}
+template <typename T, int VB> LOGO_INLINE T horizontal_max(vec<T, VB> v) { return reduce_lanes<T, VB>(v, MaxOp{}); }
+template <typename T, int VB> LOGO_INLINE T horizontal_sum(vec<T, VB> v) { return reduce_lanes<T, VB>(v, AddOp{}); }
 
 // exp on a float vector: Cephes' expf (range reduction by ln 2, degree-6 polynomial, 2^n by the
 // exponent bits), relative error ~2 ulp. Arguments below -87 (including -inf) give exactly 0.
