@@ -18,16 +18,15 @@ import triton.language as tl
 
 from .attn_tile import load_lse_log2, load_rows, log2_scale, row_delta, softmax_finish, softmax_tile_grads, softmax_tile_update, store_rows
 from .utils import (
-    INTERPRETED, MAX_KEY_TILE, MIN_TILE, attention_configs, device_guard, dot_precision, head_dim_tile,
+    MAX_KEY_TILE, MIN_TILE, attention_configs, device_guard, dot_precision, head_dim_tile,
     last_dim_contiguous, next_power_of_2, prune_block_q,
 )
 
-# Query chunks of the backward are multiples of the largest query tile, so every autotune config
-# splits them into whole blocks; small under the interpreter so that CPU tests reduce over chunks.
-CHUNK_ALIGN = 32 if INTERPRETED else 128
-
 _FWD_CONFIGS = attention_configs(block_q=(32, 64, 128), warps=(4, 8), stages=(1, 2, 3))
 _BWD_CONFIGS = attention_configs(block_q=(16, 32, 64), warps=(4, 8), stages=(1, 2))
+# Query chunks of the backward are multiples of the largest query tile, so every config splits
+# them into whole blocks.
+CHUNK_ALIGN = max(config.kwargs["BLOCK_Q"] for config in _BWD_CONFIGS)
 _KEY = ["BLOCK_K", "HEAD_DIM", "SINGLE_KEY_TILE"]
 
 

@@ -25,7 +25,7 @@ from .utils import (
 from .window_index import group_tokens, window_geometry, window_tokens
 
 # Windows of at most PACKED_TILE / 2 tokens share a tile of PACKED_TILE slots with their neighbours.
-PACKED_TILE = 32 if MAX_KEY_TILE < 64 else 64
+PACKED_TILE = 64
 
 
 def tile_plan(window_tokens: int, max_tile: int) -> tuple[int, int, int]:
