@@ -11,7 +11,9 @@ The evidence for the paper's O(FHW*fhw + (FHW)^2/fhw) claim (eq. 9), on your mac
 3. measured time forward and forward+backward and peak memory on the device at hand;
 4. log-log slopes of cost and time against N = F*H*W along each family of grids (window fixed), and
    where along each family LOGO becomes cheaper or dearer than divided attention (exact pairs);
-5. CSV/JSON (with device, versions, commit) and PNG plots under benchmarks/results/, a table at the end.
+5. CSV/JSON (with device, versions, commit) and PNG plots under benchmarks/results/, a table at the end;
+6. the GMACs and parameters of LOGOFormer and the same skeleton with divided, full and spatial-only
+   attention for 16 x 3 x 112 x 112 clips next to the paper's Table 2 (`benchmarks.bench_model`).
 
 Attention cost is what the paper's formulas describe; the layers also spend MACs in their linear
 projections (reported separately, never mixed into the attention columns), and norms, softmax and
@@ -38,7 +40,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` and an unins
 import numpy as np
 import torch
 
-from benchmarks import schemes
+from benchmarks import bench_model, schemes
 from benchmarks.counting import count_flops
 from benchmarks.environment import ROOT, device_tag, environment, header_line
 from benchmarks.results import fmt, table, write_results
@@ -73,11 +75,12 @@ FAMILIES = (
     Family("time14", "H=W=14, F growing", "frames", 14),
 )
 
-FULL = dict(frames=[4, 8, 16, 32, 64], sizes=[4, 7, 14, 21, 28], windows=["2x7x7", "4x7x7", "2x4x4"])
-QUICK = dict(frames=[4, 16, 32], sizes=[4, 7, 14], windows=["2x7x7"])
+FULL = dict(frames=[4, 8, 16, 32, 64], sizes=[4, 7, 14, 21, 28], windows=["2x7x7", "4x7x7", "2x4x4"],
+            families=[f.name for f in FAMILIES])
+QUICK = dict(frames=[4, 16, 32], sizes=[4, 7, 14], windows=["2x7x7"], families=[f.name for f in FAMILIES])
 # fwd+bwd GFLOP per timed call above which a point is left untimed (reported as such), per device type
-MAX_GFLOP = {"cpu": 40.0, "cuda": 1e6}
-MAX_GFLOP_QUICK = {"cpu": 2.0, "cuda": 1e5}
+MAX_GFLOP = {"cpu": 100.0, "cuda": 1e6}
+MAX_GFLOP_QUICK = {"cpu": 15.0, "cuda": 1e5}
 
 
 def parse_triple(text: str) -> tuple[int, int, int]:
@@ -142,13 +145,17 @@ def time_scheme(scheme: str, grid, window, args, device, dtype) -> dict:
     def fwdbwd():
         return torch.autograd.grad(layer(x, grid), leaves, dout)
 
-    result = {}
+    def memory():
+        return {"fwdbwd_peak_mib": peak_memory(fwdbwd, device) / 2**20}
+
+    # On CPU the memory run doubles as the warm-up of both modes (fwd+bwd runs the forward too); on
+    # CUDA it comes last, so that compilation and autotuning buffers of first calls stay out of it.
+    result = memory() if device.type == "cpu" else {}
     for mode, fn in (("fwd", fwd), ("fwdbwd", fwdbwd)):
-        timing = measure(fn, device, threads=args.threads, min_run_time=args.min_run_time, min_samples=3, warmup=1)
+        timing = measure(fn, device, threads=args.threads, min_run_time=args.min_run_time, min_samples=3, warmup=0)
         result.update({f"{mode}_ms": timing.median * 1e3, f"{mode}_p20_ms": timing.p20 * 1e3,
                        f"{mode}_p80_ms": timing.p80 * 1e3})
-    result["fwdbwd_peak_mib"] = peak_memory(fwdbwd, device) / 2**20
-    return result
+    return result if device.type == "cpu" else {**result, **memory()}
 
 
 def timed_gflop(row: dict, batch: int) -> float:
@@ -224,8 +231,9 @@ def plot(rows, args, env, path_prefix: Path) -> list[Path]:
     title = f"{env['device']} | torch {env['torch']} | {env['commit']}"
     written = []
     # cost: exact attention MACs (solid, markers) and the paper's expression (dashed)
-    fig, axes = plt.subplots(1, len(FAMILIES), figsize=(5 * len(FAMILIES), 4.2), squeeze=False)
-    for ax, family in zip(axes[0], FAMILIES):
+    families = args.families
+    fig, axes = plt.subplots(1, len(families), figsize=(5 * len(families), 4.2), squeeze=False)
+    for ax, family in zip(axes[0], families):
         for scheme, window, color, label in _lines(args):
             n, exact = _series(rows, family, args, scheme, window, "attention_gmacs")
             _, paper = _series(rows, family, args, scheme, window, "paper_attention_gmacs")
@@ -241,9 +249,9 @@ def plot(rows, args, env, path_prefix: Path) -> list[Path]:
     plt.close(fig)
     # time: measured fwd and fwd+bwd
     if args.time:
-        fig, axes = plt.subplots(2, len(FAMILIES), figsize=(5 * len(FAMILIES), 7.5), squeeze=False)
+        fig, axes = plt.subplots(2, len(families), figsize=(5 * len(families), 7.5), squeeze=False)
         for row_axes, mode, mode_label in zip(axes, ("fwd_ms", "fwdbwd_ms"), ("forward", "forward+backward")):
-            for ax, family in zip(row_axes, FAMILIES):
+            for ax, family in zip(row_axes, families):
                 for scheme, window, color, label in _lines(args):
                     n, ms = _series(rows, family, args, scheme, window, mode)
                     kept = [(a, b) for a, b in zip(n, ms) if b]
@@ -278,10 +286,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--frames", type=int, nargs="+", help="F values of the time families")
     parser.add_argument("--sizes", type=int, nargs="+", help="H=W values of the space family")
     parser.add_argument("--windows", nargs="+", help="windows fxhxw (first is the main one)")
+    parser.add_argument("--families", nargs="+", choices=[f.name for f in FAMILIES],
+                        help="families of grids to sweep (crossovers are always found along all of them)")
     parser.add_argument("--no-time", dest="time", action="store_false", help="cost only, no timing")
     parser.add_argument("--max-gflop", type=float, help="leave points costing more fwd+bwd GFLOP per call untimed")
     parser.add_argument("--min-run-time", type=float, help="seconds of samples per CPU timing")
-    parser.add_argument("--threads", type=int, help="CPU threads (default: all)")
+    # One thread by default: the slope of time against N is about work, and a single thread keeps
+    # parallel efficiency (which changes with problem size) and other processes' load (a 2-thread
+    # run on a busy 2-core machine measured 4-10x slower than 1 thread) out of it.
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-plot", dest="plot", action="store_false")
     parser.add_argument("--out", type=Path, help="result path prefix (default benchmarks/results/flops_vs_timesformer_<device>[_quick])")
@@ -290,10 +303,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.frames = args.frames or sweep["frames"]
     args.sizes = args.sizes or sweep["sizes"]
     args.windows = [parse_triple(w) for w in (args.windows or sweep["windows"])]
+    args.families = [f for f in FAMILIES if f.name in (args.families or sweep["families"])]
     args.dtype = args.dtype or ("bfloat16" if args.device == "cuda" else "float32")
     args.max_gflop = args.max_gflop or (MAX_GFLOP_QUICK if args.quick else MAX_GFLOP)[args.device]
     args.min_run_time = args.min_run_time or (0.05 if args.quick else 0.5)
-    args.threads = args.threads or torch.get_num_threads()
     if args.dim % args.heads:
         parser.error(f"--dim {args.dim} must be divisible by --heads {args.heads}")
     return args
@@ -301,7 +314,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def sweep_points(args) -> list[tuple[str, tuple[int, int, int], tuple[int, int, int] | None]]:
     """(scheme, grid, window) of every row: each grid of every family, LOGO once per window."""
-    grids = sorted({family.grid(v) for family in FAMILIES for v in family.values(args)}, key=math.prod)
+    grids = sorted({family.grid(v) for family in args.families for v in family.values(args)}, key=math.prod)
     points = []
     for grid in grids:
         points += [(scheme, grid, None) for scheme in SCHEMES if scheme != "logo"]
@@ -351,6 +364,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     prefix = args.out or ROOT / "benchmarks" / "results" / (
         f"flops_vs_timesformer_{device_tag(device)}" + ("_quick" if args.quick else ""))
     report(rows, summary, args)
+    summary["model"] = bench_model.model_table(img_sizes=(112, 224), embed_dims=(args.dim,), heads=args.heads)
+    bench_model.print_model_table(summary["model"])
     summary["seconds"] = time.perf_counter() - started
     config = {k: v for k, v in vars(args).items() if k != "out"}
     written = write_results(prefix, env, {**config, "summary": summary}, rows)
@@ -364,10 +379,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 def fit_slopes(rows, args) -> list[dict]:
     fits = []
-    for family in FAMILIES:
+    for family in args.families:
         for scheme, window, _, label in _lines(args):
             entry = dict(family=family.name, scheme=label)
-            for key, name in (("attention_gmacs", "cost"), ("fwd_ms", "fwd_time"), ("fwdbwd_ms", "fwdbwd_time")):
+            for key, name in (("attention_gmacs", "cost"), ("layer_gmacs", "layer_cost"), ("fwd_ms", "fwd_time"),
+                              ("fwdbwd_ms", "fwdbwd_time")):
                 n, values = _series(rows, family, args, scheme, window, key)
                 entry[f"{name}_slope"] = slope(n, values)
                 entry[f"{name}_tail_slope"] = slope(n[-2:], values[-2:])  # between the two largest grids
@@ -398,10 +414,11 @@ def report(rows, summary, args) -> None:
         print(f"\n{title}")
         print(table(cells, ["grid", "N", *labels]))
 
-    print("\nlog-log slope against N (whole family / between its two largest grids)")
-    cells = [[s["family"], s["scheme"], f"{fmt(s['cost_slope'])} / {fmt(s['cost_tail_slope'])}",
-              f"{fmt(s['fwdbwd_time_slope'])} / {fmt(s['fwdbwd_time_tail_slope'])}"] for s in summary["slopes"]]
-    print(table(cells, ["family", "scheme", "cost slope", "fwd+bwd time slope"]))
+    print("\nlog-log slope against N (whole family / between its two largest grids); layer = attention + projections")
+    cells = [[s["family"], s["scheme"]] + [f"{fmt(s[f'{k}_slope'])} / {fmt(s[f'{k}_tail_slope'])}"
+                                            for k in ("cost", "layer_cost", "fwd_time", "fwdbwd_time")]
+             for s in summary["slopes"]]
+    print(table(cells, ["family", "scheme", "attention cost", "layer cost", "fwd time", "fwd+bwd time"]))
 
     print("\nwhere LOGO's attended pairs cross divided attention's (exact, dense sweep of each family)")
     for family in FAMILIES:

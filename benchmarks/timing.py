@@ -46,16 +46,17 @@ def _quantiles(values: list[float]) -> tuple[float, float, float]:
 
 def time_cpu(fn: Callable[[], object], threads: int, min_run_time: float = 1.0, min_samples: int = 5,
              warmup: int = 2) -> Timing:
+    """`warmup=0` is for a callable the caller has already warmed up: each sample is then one call."""
     timer = torch_benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
-    first = min(timer.timeit(1).median for _ in range(max(1, warmup)))
-    number = max(1, int(min_run_time / 10 / max(first, 1e-9)))
+    number = 1
+    if warmup:
+        first = min(timer.timeit(1).median for _ in range(warmup))
+        number = max(1, int(min_run_time / 10 / max(first, 1e-9)))
     samples, spent = [], 0.0
     while len(samples) < min_samples or spent < min_run_time:
         per_call = timer.timeit(number).median
         samples.append(per_call)
         spent += per_call * number
-        if spent > 20 * min_run_time:  # a very slow callable: enough samples already
-            break
     return Timing(*_quantiles(samples), samples=len(samples))
 
 
