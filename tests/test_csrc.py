@@ -1,0 +1,285 @@
+"""What is specific to the C++ extension (csrc/): the shared suites test the "cpu" backend like every
+other; these tests reach the C++ kernels' own machinery and the build.
+
+- shapes aimed at the kernels' internals (several query blocks per window, several backward query
+  ranges summed, several channel blocks, head dims that are not a multiple of the vector width),
+  with the log-sum-exp checked too, against the float64 reference;
+- every instruction-set path of this CPU (AVX-512, AVX2, baseline SSE/NEON), each in a subprocess
+  because the choice is made once per process;
+- bitwise determinism across runs and across thread counts; that the OpenMP threads really work;
+- the raw ops' own argument checks; the setup.py build flags; and `nvcc -c` of every csrc/cuda/*.cu
+  (CUDA code cannot run here, but it must compile).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from logo_attn import global_attention, local_attention, reference, window_pool
+from oracle import as_leaves, assert_matches, attention_inputs
+
+ROOT = Path(__file__).resolve().parents[1]
+DTYPES = [pytest.param(d, id=str(d).removeprefix("torch.")) for d in (torch.float64, torch.float32, torch.bfloat16)]
+
+
+@pytest.fixture(scope="module")
+def cpp():
+    """The adapter over logo_attn._C; a missing extension is a failed build, not a skip."""
+    try:
+        from logo_attn import _cpp
+    except ImportError as error:
+        pytest.fail(f"logo_attn._C is not built ({error}); build with `pip install --no-build-isolation -e .`")
+    return _cpp
+
+
+def reference_results(reference_fn, inputs, dout, **kwargs):
+    """reference_fn's outputs (the first one differentiated) followed by the inputs' gradients."""
+    outs = reference_fn(*inputs, **kwargs)
+    return (*outs, *torch.autograd.grad(outs[0], inputs, dout))
+
+
+def compare(got: dict, reference_fn, inputs, dout, dtype):
+    """The kernel's results (name -> tensor, in reference_fn's order: outputs, then gradients) against
+    reference_fn in float64; in bf16, with PyTorch's own bf16 error as the bound (oracle's 2x rule)."""
+    want = reference_results(reference_fn, as_leaves(*inputs, dtype=torch.float64), dout.double())
+    lowp = [None] * len(want)
+    if dtype == torch.bfloat16:
+        lowp = reference_results(reference_fn, as_leaves(*inputs), dout, compute_dtype=dtype)
+    for (name, actual), expected, low in zip(got.items(), want, lowp):
+        if name == "lse":  # fp32 (fp64) whatever the inputs, from the same rounded inputs as the reference
+            assert_matches(name, actual, expected, actual.dtype)
+        else:
+            assert_matches(name, actual, expected, dtype, low)
+
+
+# --------------------------------------------------------------------------------------------------
+# Against the reference, on shapes that reach the kernels' internals
+# --------------------------------------------------------------------------------------------------
+
+# B, grid, window, heads, head_dim, layout
+LOCAL_CASES = [
+    pytest.param(1, (3, 13, 12), (3, 13, 12), 1, 8, "contiguous", id="468-token-window-several-query-blocks"),
+    pytest.param(2, (5, 6, 7), (2, 4, 3), 3, 1, "packed", id="head-dim-1-border-windows"),
+    pytest.param(1, (4, 5, 6), (3, 2, 4), 2, 70, "heads_first", id="head-dim-70-padded-panels"),
+    pytest.param(3, (1, 1, 5), (1, 1, 5), 5, 16, "packed", id="one-window-many-heads"),
+]
+
+
+@pytest.mark.parametrize("B,grid,window,heads,head_dim,layout", LOCAL_CASES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_local_attn_matches_reference(cpp, dtype, B, grid, window, heads, head_dim, layout):
+    N = math.prod(grid)
+    q, k, v = attention_inputs(B, N, N, heads, head_dim, dtype, "cpu", layout)
+    # A gradient broadcast over the tokens: token stride 0, read in place by the kernels.
+    dout = torch.randn(B, 1, heads, head_dim, dtype=dtype).expand(B, N, heads, head_dim)
+    scale = 0.7
+    out, lse = cpp.local_attn_fwd(q.detach(), k.detach(), v.detach(), list(grid), list(window), scale)
+    grads = cpp.local_attn_bwd(dout, q.detach(), k.detach(), v.detach(), out, lse, list(grid), list(window), scale)
+    compare(
+        dict(out=out, lse=lse, dq=grads[0], dk=grads[1], dv=grads[2]),
+        lambda q, k, v, **kw: reference.local_attention_with_lse(q, k, v, grid, window, scale, **kw),
+        (q, k, v), dout, dtype,
+    )
+
+
+# B, Nq, Nk, heads, head_dim, layout
+GLOBAL_CASES = [
+    pytest.param(1, 1100, 9, 2, 64, "packed", id="backward-sums-several-query-ranges"),
+    pytest.param(2, 40, 300, 3, 24, "heads_first", id="300-keys-short-query-blocks"),
+    pytest.param(1, 7, 1, 1, 3, "contiguous", id="one-key"),
+]
+
+
+@pytest.mark.parametrize("B,Nq,Nk,heads,head_dim,layout", GLOBAL_CASES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_global_attn_matches_reference(cpp, dtype, B, Nq, Nk, heads, head_dim, layout):
+    q, k, v = attention_inputs(B, Nq, Nk, heads, head_dim, dtype, "cpu", layout)
+    dout = torch.randn(B, Nq, heads, head_dim, dtype=dtype)
+    scale = 0.3
+    out, lse = cpp.global_attn_fwd(q.detach(), k.detach(), v.detach(), scale)
+    grads = cpp.global_attn_bwd(dout, q.detach(), k.detach(), v.detach(), out, lse, scale)
+    compare(
+        dict(out=out, lse=lse, dq=grads[0], dk=grads[1], dv=grads[2]),
+        lambda q, k, v, **kw: reference.global_attention_with_lse(q, k, v, scale, **kw),
+        (q, k, v), dout, dtype,
+    )
+
+
+# B, grid, window, C, strided
+POOL_CASES = [
+    pytest.param(2, (5, 6, 7), (2, 4, 3), 1100, False, id="three-channel-blocks-border-windows"),
+    pytest.param(1, (3, 4, 5), (3, 4, 5), 5, True, id="one-window-strided-channels"),
+]
+
+
+@pytest.mark.parametrize("B,grid,window,C,strided", POOL_CASES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_window_pool_matches_reference(cpp, dtype, B, grid, window, C, strided):
+    N = math.prod(grid)
+    x = torch.randn(B, N, 3 * C if strided else C, dtype=dtype)[..., :C]
+    out = cpp.window_pool_fwd(x, list(grid), list(window))
+    dout = torch.randn_like(out)
+    dx = cpp.window_pool_bwd(dout, list(grid), list(window))
+    # The reference always sums in fp32 (fp64): its bf16 run differs from ours only in summation order.
+    compare(dict(out=out, dx=dx), lambda x, **kw: (reference.window_pool(x, grid, window),), (x,), dout, dtype)
+
+
+def test_every_isa_of_this_cpu_matches_reference(cpp):
+    """The AVX2 and baseline (SSE2/NEON) code paths, forced with LOGO_ATTN_CPU_ISA in a fresh process."""
+    from logo_attn import _C
+
+    best = _C.cpu_isa()
+    lower = {"avx512": ["avx2", "baseline"], "avx2": ["baseline"], "baseline": []}[best]
+    if not lower:
+        pytest.skip(f"this CPU runs the baseline path only ({best}); the main process tested it")
+    for isa in lower:
+        env = {**os.environ, "LOGO_ATTN_CPU_ISA": isa}
+        probe = subprocess.run([sys.executable, "-c", "import torch; from logo_attn import _C; print(_C.cpu_isa())"],
+                               env=env, capture_output=True, text=True, cwd=ROOT)
+        assert probe.stdout.strip() == isa, probe.stderr
+        run = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__)), "-k",
+             "matches_reference and (float32 or bfloat16 or float64)"],
+            env=env, capture_output=True, text=True, cwd=ROOT,
+        )
+        assert run.returncode == 0, f"LOGO_ATTN_CPU_ISA={isa}:\n{run.stdout[-3000:]}\n{run.stderr[-2000:]}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Determinism and threads
+# --------------------------------------------------------------------------------------------------
+
+
+def run_all_ops():
+    """Forward and backward of the three ops on the "cpu" backend, all results."""
+    gen = torch.Generator().manual_seed(1)
+    grid, window = (4, 6, 5), (2, 4, 3)
+    q, k, v = (torch.randn(2, 120, 3, 32, generator=gen, requires_grad=True) for _ in range(3))
+    kg, vg = (torch.randn(2, 9, 3, 32, generator=gen, requires_grad=True) for _ in range(2))
+    x = torch.randn(2, 120, 600, generator=gen, requires_grad=True)
+    local = local_attention(q, k, v, grid, window, backend="cpu")
+    glob = global_attention(torch.randn(2, 1100, 3, 32, generator=gen, requires_grad=True), kg, vg, backend="cpu")
+    pooled = window_pool(x, grid, window, backend="cpu")
+    results = [local, glob, pooled]
+    results += torch.autograd.grad(local, (q, k, v), torch.randn(local.shape, generator=gen))
+    results += torch.autograd.grad(glob, (kg, vg), torch.randn(glob.shape, generator=gen))
+    results += torch.autograd.grad(pooled, (x,), torch.randn(pooled.shape, generator=gen))
+    return results
+
+
+def test_bitwise_deterministic_across_runs_and_thread_counts(cpp):
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run_all_ops()
+        torch.set_num_threads(max(2, threads))
+        many, again = run_all_ops(), run_all_ops()
+    finally:
+        torch.set_num_threads(threads)
+    for a, b, c in zip(one, many, again):
+        assert torch.equal(a, b) and torch.equal(b, c)
+
+
+def thread_cpu_ticks() -> dict[str, int]:
+    ticks = {}
+    for tid in os.listdir("/proc/self/task"):
+        fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks[tid] = int(fields[11]) + int(fields[12])  # utime + stime
+    return ticks
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc to read per-thread CPU time")
+def test_parallel_for_runs_on_every_thread(cpp):
+    """at::parallel_for is header-inline: without -fopenmp in the extension's build it runs serially.
+
+    With 2 threads, the second thread must do a share of the work comparable to the main thread's.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        q, k, v = (torch.randn(4, 16 * 49, 8, 64) for _ in range(3))
+        main = str(os.getpid())
+        before = thread_cpu_ticks()
+        for _ in range(100):  # a few seconds; stops early once both threads have a clear share
+            cpp.local_attn_fwd(q, k, v, [16, 7, 7], [2, 7, 7], 0.125)
+            used = {t: n - before.get(t, 0) for t, n in thread_cpu_ticks().items()}
+            if used.get(main, 0) >= 50:
+                break
+        helpers = max((n for t, n in used.items() if t != main), default=0)
+    finally:
+        torch.set_num_threads(threads)
+    assert helpers >= 0.3 * used[main], f"per-thread CPU ticks {used}: the op ran on one thread"
+
+
+# --------------------------------------------------------------------------------------------------
+# The raw ops' argument checks (the public ops check first; these guard direct calls)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_raw_ops_reject_bad_arguments(cpp):
+    ops = torch.ops.logo_attn_C
+    q = torch.randn(1, 12, 2, 8)
+    with pytest.raises(RuntimeError, match="grid must hold 3 ints"):
+        ops.local_attn_fwd(q, q, q, [3, 4], [1, 1, 1], 1.0)
+    with pytest.raises(RuntimeError, match="has F\\*H\\*W = 24 tokens but q has 12"):
+        ops.local_attn_fwd(q, q, q, [2, 3, 4], [1, 1, 1], 1.0)
+    with pytest.raises(RuntimeError, match="CPU kernels compute float32, float64 and bfloat16"):
+        ops.global_attn_fwd(q.half(), q.half(), q.half(), 1.0)
+    with pytest.raises(RuntimeError, match="k has dtype"):
+        ops.global_attn_fwd(q, q.double(), q, 1.0)
+    out, lse = ops.global_attn_fwd(q, q, q, 1.0)
+    with pytest.raises(RuntimeError, match="lse must be \\(B, heads, N\\)"):
+        ops.global_attn_bwd(q, q, q, q, out, lse[:, :1], 1.0)
+    with pytest.raises(RuntimeError, match="dout must have one row per window"):
+        ops.window_pool_bwd(torch.randn(1, 5, 3), [2, 2, 2], [1, 2, 2])
+
+
+# --------------------------------------------------------------------------------------------------
+# Build: setup.py flags and the CUDA sources
+# --------------------------------------------------------------------------------------------------
+
+
+def setup_note(**flags: str) -> str:
+    """What setup.py says it builds under these environment flags (no compilation: --name only)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOGO_ATTN_")}
+    run = subprocess.run([sys.executable, "setup.py", "--name"], env={**env, **flags}, capture_output=True, text=True,
+                         cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    return run.stderr
+
+
+def test_setup_flags_choose_what_is_built():
+    assert "LOGO_ATTN_SKIP_CPP=1: building a pure-Python package" in setup_note(LOGO_ATTN_SKIP_CPP="1")
+    assert "without CUDA kernels: LOGO_ATTN_SKIP_CUDA=1" in setup_note(LOGO_ATTN_SKIP_CUDA="1")
+    default = setup_note()
+    if torch.version.cuda is None:
+        assert "without CUDA kernels: this torch has no CUDA" in default
+    else:
+        assert "logo_attn._C with" in default
+
+
+CUDA_SOURCES = sorted((ROOT / "csrc" / "cuda").glob("*.cu"))
+
+
+@pytest.mark.parametrize("source", [pytest.param(s, id=s.name) for s in CUDA_SOURCES])
+def test_cuda_source_compiles_with_nvcc(source, tmp_path):
+    """The .cu files include CUDA headers only (DESIGN §5), so plain nvcc compiles them anywhere."""
+    nvcc = shutil.which("nvcc") or (Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "bin" / "nvcc")
+    if not Path(nvcc).exists():
+        pytest.skip("nvcc is not installed on this machine")
+    cmd = [str(nvcc), "-c", str(source), "-o", str(tmp_path / "out.o"), "-std=c++17", "-arch=sm_90",
+           "-Werror", "all-warnings"]
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    assert run.returncode == 0, f"{' '.join(cmd)}\n{run.stdout}\n{run.stderr}"
+
+
+def test_there_are_cuda_sources():
+    assert CUDA_SOURCES, "csrc/cuda/ holds no .cu file"
