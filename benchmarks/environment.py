@@ -42,7 +42,9 @@ def roofline_for(device_name: str) -> Roofline | None:
 
 
 def commit() -> str:
-    """HEAD's short hash, with '+dirty' when tracked files differ from it; 'unknown' outside git."""
+    """HEAD's short hash, with '+dirty' when tracked files differ from it; outside git (a copy of the
+    tree on a GPU machine) the LOGO_ATTN_COMMIT environment variable, else 'unknown'."""
+    outside = os.environ.get("LOGO_ATTN_COMMIT", "unknown")
     try:
         head = subprocess.run(
             ["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True, timeout=10
@@ -51,7 +53,7 @@ def commit() -> str:
             ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True, timeout=10
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return outside
     return head + ("+dirty" if dirty else "")
 
 
