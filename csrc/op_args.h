@@ -1,14 +1,21 @@
-// Argument checks shared by the CPU and CUDA glue (ops.cpp in cpu/ and cuda/). The public Python
-// ops validate first and raise ValueError/TypeError; these checks guard direct calls of
-// torch.ops.logo_attn_C.* so a wrong call fails with a message instead of reading out of bounds.
+// From the torch op arguments to kernel arguments, for the CPU and the CUDA glue (cpu/ops.cpp,
+// cuda/ops.cpp): argument checks, rows made contiguous where needed, outputs allocated, AttnArgs /
+// PoolArgs filled. The public Python ops validate first and raise ValueError/TypeError; these
+// checks guard direct calls of torch.ops.logo_attn_C.* so a wrong call fails with a message
+// instead of reading out of bounds.
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/util/ArrayRef.h>
 
 #include <algorithm>
 #include <array>
 #include <cstdint>
+#include <initializer_list>
+#include <utility>
+
+#include "kernel_args.h"
 
 namespace logo_attn {
 
@@ -19,35 +26,30 @@ inline at::Tensor rows_contiguous(const at::Tensor& t) {
   return t.size(-1) == 1 || t.stride(-1) == 1 ? t : t.contiguous();
 }
 
+inline at::ScalarType accumulation_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+// The kernels' dtype for t, if `kernels` (e.g. "CPU") compute it.
+inline Dtype kernel_dtype(const char* op, const at::Tensor& t, std::initializer_list<at::ScalarType> computed,
+                          const char* kernels) {
+  const at::ScalarType s = t.scalar_type();
+  TORCH_CHECK(std::find(computed.begin(), computed.end(), s) != computed.end(), op, ": the ", kernels,
+              " kernels do not compute ", s);
+  switch (s) {
+    case at::kHalf: return Dtype::float16;
+    case at::kBFloat16: return Dtype::bfloat16;
+    case at::kDouble: return Dtype::float64;
+    default: return Dtype::float32;
+  }
+}
+
+inline Tensor4 view(const at::Tensor& t) {
+  return {const_cast<void*>(t.data_ptr()), t.stride(0), t.stride(1), t.stride(2)};
+}
+
 inline void check_same(const char* op, const at::Tensor& ref, const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.scalar_type() == ref.scalar_type(), op, ": ", name, " has dtype ", t.scalar_type(),
               " but q has ", ref.scalar_type());
   TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " is on ", t.device(), " but q is on ", ref.device());
-}
-
-// q (B, Nq, heads, d), k and v (B, Nk, heads, d), all of one dtype and device.
-inline void check_attention(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
-  for (auto [t, name] : {std::pair{&q, "q"}, {&k, "k"}, {&v, "v"}}) {
-    TORCH_CHECK(t->dim() == 4, op, ": ", name, " must be 4-D (B, N, heads, head_dim), got ", t->sizes());
-    check_same(op, q, *t, name);
-  }
-  TORCH_CHECK(k.sizes() == v.sizes(), op, ": k and v must have the same shape, got ", k.sizes(), " and ", v.sizes());
-  TORCH_CHECK(q.size(0) == k.size(0) && q.size(2) == k.size(2) && q.size(3) == k.size(3), op,
-              ": q and k must agree in batch, heads and head_dim, got ", q.sizes(), " and ", k.sizes());
-  TORCH_CHECK(q.size(3) >= 1 && k.size(1) >= 1, op, ": head_dim and the number of keys must be >= 1");
-}
-
-// The tensors backward gets besides q, k, v: dout and out like q, lse (B, heads, Nq) in `lse_dtype`.
-inline void check_attention_bwd(const char* op, const at::Tensor& dout, const at::Tensor& q, const at::Tensor& out,
-                                const at::Tensor& lse, at::ScalarType lse_dtype) {
-  for (auto [t, name] : {std::pair{&dout, "dout"}, {&out, "out"}}) {
-    TORCH_CHECK(t->sizes() == q.sizes(), op, ": ", name, " must have q's shape ", q.sizes(), ", got ", t->sizes());
-    check_same(op, q, *t, name);
-  }
-  TORCH_CHECK(lse.dim() == 3 && lse.size(0) == q.size(0) && lse.size(1) == q.size(2) && lse.size(2) == q.size(1), op,
-              ": lse must be (B, heads, N) = (", q.size(0), ", ", q.size(2), ", ", q.size(1), "), got ", lse.sizes());
-  TORCH_CHECK(lse.scalar_type() == lse_dtype, op, ": lse must be ", lse_dtype, ", got ", lse.scalar_type());
-  TORCH_CHECK(lse.device() == q.device(), op, ": lse is on ", lse.device(), " but q is on ", q.device());
 }
 
 struct Windows {
@@ -60,8 +62,10 @@ struct Windows {
   }
 };
 
-// grid and window as 3 positive ints each, the window clipped to the grid (DESIGN §1).
-inline Windows check_windows(const char* op, c10::IntArrayRef grid, c10::IntArrayRef window) {
+// grid and window as 3 positive ints each, the window clipped to the grid (DESIGN §1), and the
+// grid's token count equal to `tokens`.
+inline Windows check_windows(const char* op, c10::IntArrayRef grid, c10::IntArrayRef window, int64_t tokens,
+                             const char* name) {
   TORCH_CHECK(grid.size() == 3, op, ": grid must hold 3 ints (F, H, W), got ", grid);
   TORCH_CHECK(window.size() == 3, op, ": window must hold 3 ints (f, h, w), got ", window);
   Windows w;
@@ -71,11 +75,111 @@ inline Windows check_windows(const char* op, c10::IntArrayRef grid, c10::IntArra
     w.grid[a] = grid[a];
     w.window[a] = std::min(window[a], grid[a]);
   }
+  TORCH_CHECK(tokens == w.tokens(), op, ": grid ", grid, " has F*H*W = ", w.tokens(), " tokens but ", name, " has ",
+              tokens);
   return w;
 }
 
-inline at::ScalarType accumulation_dtype(at::ScalarType t) {
-  return t == at::kDouble ? at::kDouble : at::kFloat;
+// The tensors of one attention op call, kept alive for the kernels, and their AttnArgs.
+struct AttnCall {
+  at::Tensor dout, q, k, v, out, lse, dq, dk, dv;
+  AttnArgs args{};
+};
+
+using Computed = std::initializer_list<at::ScalarType>;
+
+// q (B, Nq, heads, d), k and v (B, Nk, heads, d), all of one dtype and device; for local attention
+// (windows given) Nq == Nk == F*H*W.
+inline AttnCall attention_call(const char* op, Computed computed, const char* kernels, const at::Tensor& q,
+                               const at::Tensor& k, const at::Tensor& v, double scale, const Windows* windows) {
+  for (auto [t, name] : {std::pair{&q, "q"}, {&k, "k"}, {&v, "v"}}) {
+    TORCH_CHECK(t->dim() == 4, op, ": ", name, " must be 4-D (B, N, heads, head_dim), got ", t->sizes());
+    check_same(op, q, *t, name);
+  }
+  TORCH_CHECK(k.sizes() == v.sizes(), op, ": k and v must have the same shape, got ", k.sizes(), " and ", v.sizes());
+  TORCH_CHECK(q.size(0) == k.size(0) && q.size(2) == k.size(2) && q.size(3) == k.size(3), op,
+              ": q and k must agree in batch, heads and head_dim, got ", q.sizes(), " and ", k.sizes());
+  TORCH_CHECK(q.size(3) >= 1 && k.size(1) >= 1, op, ": head_dim and the number of keys must be >= 1");
+  AttnCall c;
+  AttnArgs& a = c.args;
+  a.dtype = kernel_dtype(op, q, computed, kernels);
+  if (windows) {
+    TORCH_CHECK(k.size(1) == q.size(1), op, ": q and k must have the same number of tokens, got ", q.size(1), " and ",
+                k.size(1));
+    for (int i = 0; i < 3; ++i) a.grid[i] = windows->grid[i], a.window[i] = windows->window[i];
+  }
+  c.q = rows_contiguous(q), c.k = rows_contiguous(k), c.v = rows_contiguous(v);
+  a.batch = q.size(0), a.heads = q.size(2), a.head_dim = q.size(3), a.q_tokens = q.size(1), a.k_tokens = k.size(1);
+  a.scale = scale;
+  a.q = view(c.q), a.k = view(c.k), a.v = view(c.v);
+  return c;
+}
+
+// Forward: also allocates out (like q, contiguous) and lse (B, heads, Nq) in the accumulation type.
+inline AttnCall attention_fwd_call(const char* op, Computed computed, const char* kernels, const at::Tensor& q,
+                                   const at::Tensor& k, const at::Tensor& v, double scale, const Windows* windows) {
+  AttnCall c = attention_call(op, computed, kernels, q, k, v, scale, windows);
+  c.out = at::empty(q.sizes(), q.options());
+  c.lse = at::empty({q.size(0), q.size(2), q.size(1)}, q.options().dtype(accumulation_dtype(q.scalar_type())));
+  c.args.out = view(c.out), c.args.lse = c.lse.data_ptr();
+  return c;
+}
+
+// Backward: dout and out like q, lse as the forward made it; allocates dq, dk, dv.
+inline AttnCall attention_bwd_call(const char* op, Computed computed, const char* kernels, const at::Tensor& dout,
+                                   const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
+                                   const at::Tensor& lse, double scale, const Windows* windows) {
+  AttnCall c = attention_call(op, computed, kernels, q, k, v, scale, windows);
+  for (auto [t, name] : {std::pair{&dout, "dout"}, {&out, "out"}}) {
+    TORCH_CHECK(t->sizes() == q.sizes(), op, ": ", name, " must have q's shape ", q.sizes(), ", got ", t->sizes());
+    check_same(op, q, *t, name);
+  }
+  TORCH_CHECK(lse.dim() == 3 && lse.size(0) == q.size(0) && lse.size(1) == q.size(2) && lse.size(2) == q.size(1), op,
+              ": lse must be (B, heads, N) = (", q.size(0), ", ", q.size(2), ", ", q.size(1), "), got ", lse.sizes());
+  TORCH_CHECK(lse.scalar_type() == accumulation_dtype(q.scalar_type()), op, ": lse must be ",
+              accumulation_dtype(q.scalar_type()), ", got ", lse.scalar_type());
+  TORCH_CHECK(lse.device() == q.device(), op, ": lse is on ", lse.device(), " but q is on ", q.device());
+  c.dout = rows_contiguous(dout), c.out = rows_contiguous(out), c.lse = lse.contiguous();
+  c.dq = at::empty(q.sizes(), q.options()), c.dk = at::empty(k.sizes(), k.options());
+  c.dv = at::empty(v.sizes(), v.options());
+  AttnArgs& a = c.args;
+  a.dout = view(c.dout), a.out = view(c.out), a.lse = c.lse.data_ptr();
+  a.dq = view(c.dq), a.dk = view(c.dk), a.dv = view(c.dv);
+  return c;
+}
+
+// The tensors of one window_pool call and their PoolArgs.
+struct PoolCall {
+  at::Tensor in, out;
+  PoolArgs args{};
+};
+
+// Forward (backward = false): x (B, F*H*W, C) -> (B, M, C). Backward: dout (B, M, C) -> dx (B, F*H*W, C).
+inline PoolCall pool_call(const char* op, Computed computed, const char* kernels, const at::Tensor& in,
+                          c10::IntArrayRef grid, c10::IntArrayRef window, bool backward) {
+  const char* name = backward ? "dout" : "x";
+  TORCH_CHECK(in.dim() == 3, op, ": ", name, " must be 3-D (B, ", backward ? "windows" : "F*H*W", ", C), got ",
+              in.sizes());
+  const int64_t tokens = grid.size() == 3 ? grid[0] * grid[1] * grid[2] : -1;
+  const Windows w = check_windows(op, grid, window, backward ? tokens : in.size(1), name);
+  TORCH_CHECK(!backward || in.size(1) == w.count(), op, ": dout must have one row per window, ", w.count(),
+              " for grid ", grid, " and window ", window, ", got ", in.size(1));
+  PoolCall c;
+  PoolArgs& a = c.args;
+  a.dtype = kernel_dtype(op, in, computed, kernels);
+  c.in = rows_contiguous(in);
+  c.out = at::empty({in.size(0), backward ? w.tokens() : w.count(), in.size(2)}, in.options());
+  a.batch = in.size(0), a.channels = in.size(2);
+  for (int i = 0; i < 3; ++i) a.grid[i] = w.grid[i], a.window[i] = w.window[i];
+  a.in = c.in.data_ptr(), a.in_batch_stride = c.in.stride(0), a.in_token_stride = c.in.stride(1);
+  a.out = c.out.data_ptr();
+  return c;
+}
+
+// Local attention's windows: grid and window checked against q's token count.
+inline Windows local_windows(const char* op, const at::Tensor& q, c10::IntArrayRef grid, c10::IntArrayRef window) {
+  TORCH_CHECK(q.dim() == 4, op, ": q must be 4-D (B, N, heads, head_dim), got ", q.sizes());
+  return check_windows(op, grid, window, q.size(1), "q");
 }
 
 }  // namespace logo_attn

@@ -1,0 +1,40 @@
+// The arguments of every kernel, CPU and CUDA, as plain C++ (no torch header, so nvcc compiles the
+// .cu files that include it anywhere): raw pointers, sizes and strides in elements.
+#pragma once
+
+#include <cstdint>
+
+namespace logo_attn {
+
+enum class Dtype { float16, bfloat16, float32, float64 };
+
+// A (B, N, heads, d) tensor with contiguous head_dim: element (b, n, h, c) at
+// data + b * batch_stride + n * token_stride + h * head_stride + c.
+struct Tensor4 {
+  void* data;
+  int64_t batch_stride, token_stride, head_stride;
+};
+
+struct AttnArgs {
+  Dtype dtype;
+  int64_t batch, heads, head_dim, q_tokens, k_tokens;
+  double scale;
+  int64_t grid[3], window[3];             // local attention only; window already clipped to grid
+  Tensor4 q, k, v, out, dout, dq, dk, dv;  // backward reads dout, q, k, v, out; forward writes out
+  void* lse;                              // (B, heads, q_tokens), contiguous, fp32 (fp64 for fp64)
+  void* delta;                            // CUDA backward: rowsum(dout * out), (B, heads, q_tokens) fp32
+  void* partial;                          // global backward: per query range dK/dV sums, accumulation type
+  int64_t splits;                         // global backward: query ranges per (batch, head)
+};
+
+// Window pooling on (B, N, C) tensors with contiguous channels.
+struct PoolArgs {
+  Dtype dtype;
+  int64_t batch, channels;
+  int64_t grid[3], window[3];
+  const void* in;  // forward: x (B, N, C); backward: dout (B, M, C)
+  int64_t in_batch_stride, in_token_stride;
+  void* out;  // forward: (B, M, C); backward: dx (B, N, C); contiguous
+};
+
+}  // namespace logo_attn
