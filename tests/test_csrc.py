@@ -275,8 +275,11 @@ def test_cuda_source_compiles_with_nvcc(source, tmp_path):
     nvcc = shutil.which("nvcc") or (Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "bin" / "nvcc")
     if not Path(nvcc).exists():
         pytest.skip("nvcc is not installed on this machine")
-    cmd = [str(nvcc), "-c", str(source), "-o", str(tmp_path / "out.o"), "-std=c++17", "-arch=sm_90",
-           "-Werror", "all-warnings"]
+    # torch's own nvcc flags (no implicit half/bf16 conversions), as the real build passes them.
+    from torch.utils.cpp_extension import COMMON_NVCC_FLAGS
+
+    cmd = [str(nvcc), "-c", str(source), "-o", str(tmp_path / "out.o"), *COMMON_NVCC_FLAGS, "-std=c++17",
+           "-arch=sm_90", "-Werror", "all-warnings"]
     run = subprocess.run(cmd, capture_output=True, text=True)
     assert run.returncode == 0, f"{' '.join(cmd)}\n{run.stdout}\n{run.stderr}"
 

@@ -13,6 +13,7 @@ namespace logo_attn::cpu {
     case Dtype::float32: return FN<VB, float>(__VA_ARGS__);                 \
     case Dtype::float64: return FN<VB, double>(__VA_ARGS__);                \
     case Dtype::bfloat16: return FN<VB, bf16>(__VA_ARGS__);                 \
+    case Dtype::float16: break; /* not a CPU dtype: ops.cpp rejects it */   \
   }
 
 template <typename T> LOGO_INLINE Rows<T> slice(const Tensor4& t, int64_t b, int64_t h) {
