@@ -1,8 +1,8 @@
 """Global attention over a short key set (the prefix tokens plus the pooled windows): Triton kernels.
 
 Forward: one program per (batch, query block, head), the key set walked in tiles of up to
-`MAX_KEY_TILE` keys (a single tile, i.e. K/V fully on-chip, for Nk <= 128 on GPU) with an online
-softmax. Backward is parallel over query *chunks*, not key blocks: with Nk = 8 a key-block split
+`tuning.key_tile` keys (one tile, i.e. K/V fully on-chip, for Nk <= 128 at fp16 and d <= 64) with
+an online softmax. Backward is parallel over query *chunks*, not key blocks: with Nk = 8 a key-block split
 would leave most of a GPU idle. A program owns (batch, query chunk, head, key block), walks the
 chunk's query blocks and writes its partial dK/dV; the partials are then summed over chunks in a
 fixed order (a deterministic two-stage reduction, so `torch.use_deterministic_algorithms(True)`
@@ -16,21 +16,23 @@ import torch
 import triton
 import triton.language as tl
 
-from .attn_tile import load_lse_log2, load_rows, log2_scale, row_delta, softmax_finish, softmax_tile_grads, softmax_tile_update, store_rows
-from .utils import (
-    MAX_KEY_TILE, MIN_TILE, attention_configs, device_guard, dot_precision, head_dim_tile,
-    last_dim_contiguous, next_power_of_2, prune_block_q,
+from .attn_tile import (
+    load_lse_log2, load_rows, log2_scale, row_delta, softmax_finish, softmax_tile_grads, softmax_tile_update,
+    store_rows,
 )
+from .tuning import (
+    ATTENTION_BWD_CONFIGS, ATTENTION_FWD_CONFIGS, MIN_TILE, dot_precision, head_dim_tile, key_tile,
+    prune_attention_dkdv, prune_attention_dq, prune_attention_fwd,
+)
+from .utils import device_guard, last_dim_contiguous, next_power_of_2
 
-_FWD_CONFIGS = attention_configs(block_q=(32, 64, 128), warps=(4, 8), stages=(1, 2, 3))
-_BWD_CONFIGS = attention_configs(block_q=(16, 32, 64), warps=(4, 8), stages=(1, 2))
 # Query chunks of the backward are multiples of the largest query tile, so every config splits
 # them into whole blocks.
-CHUNK_ALIGN = max(config.kwargs["BLOCK_Q"] for config in _BWD_CONFIGS)
+CHUNK_ALIGN = max(config.kwargs["BLOCK_Q"] for config in ATTENTION_BWD_CONFIGS)
 _KEY = ["BLOCK_K", "HEAD_DIM", "SINGLE_KEY_TILE"]
 
 
-@triton.autotune(configs=_FWD_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": prune_block_q})
+@triton.autotune(configs=ATTENTION_FWD_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": prune_attention_fwd})
 @triton.jit
 def global_attn_fwd_kernel(
     q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr,
@@ -69,7 +71,7 @@ def global_attn_fwd_kernel(
     tl.store(lse_ptr + b * stride_lb + head * stride_lh + q_tok, lse, mask=q_valid)
 
 
-@triton.autotune(configs=_BWD_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": prune_block_q})
+@triton.autotune(configs=ATTENTION_BWD_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": prune_attention_dkdv})
 @triton.jit
 def global_attn_bwd_kernel_dkdv(
     dout_ptr, q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, dq_ptr, dk_ptr, dv_ptr,
@@ -125,7 +127,7 @@ def global_attn_bwd_kernel_dkdv(
     store_rows(dv_ptr + partial, dv, k_tok, k_valid, stride_pn, cols, col_mask)
 
 
-@triton.autotune(configs=_BWD_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": prune_block_q})
+@triton.autotune(configs=ATTENTION_BWD_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": prune_attention_dq})
 @triton.jit
 def global_attn_bwd_kernel_dq(
     dout_ptr, q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, dq_ptr,
@@ -169,7 +171,7 @@ def global_attn_bwd_kernel_dq(
 
 def _meta(q: torch.Tensor, keys: int) -> dict:
     head_dim = q.shape[-1]
-    block_k = min(max(next_power_of_2(keys), MIN_TILE), MAX_KEY_TILE)
+    block_k = min(max(next_power_of_2(keys), MIN_TILE), key_tile(head_dim, q.dtype))
     return dict(
         HEAD_DIM=head_dim, BLOCK_K=block_k, BLOCK_D=head_dim_tile(head_dim), SINGLE_KEY_TILE=keys <= block_k,
         DOT_PRECISION=dot_precision(q.dtype),
@@ -215,8 +217,8 @@ def global_attn_bwd(dout, q, k, v, out, lse, scale):
     B, queries, heads, head_dim = q.shape
     keys = k.shape[1]
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    if q.numel() == 0 or k.numel() == 0:
-        return dq.zero_(), torch.zeros_like(k, memory_format=torch.contiguous_format), torch.zeros_like(v, memory_format=torch.contiguous_format)
+    if q.numel() == 0:  # no queries: nothing flows back to the keys and values
+        return dq, q.new_zeros(k.shape), q.new_zeros(v.shape)
     meta = _meta(q, keys)
     key_blocks = triton.cdiv(keys, meta["BLOCK_K"])
     chunk_queries = _chunk_queries(q, key_blocks)

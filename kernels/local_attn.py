@@ -3,9 +3,9 @@
 Programs read q/k/v straight from the strided (B, N, heads, d) layout by computing each window's
 token addresses (`window_index`), so there is no partition copy in and no un-partition copy out.
 Program axis 0 enumerates (batch, window group, head), head fastest; axis 1 the query (forward,
-dq) or key (dk/dv) blocks of the group. A window of up to `MAX_KEY_TILE` tokens is one key tile
-(small windows packed several to a tile); a longer window is walked in key tiles with an online
-softmax. See kernels/README.md for the bytes each kernel moves.
+dq) or key (dk/dv) blocks of the group. A window of up to one key tile (`tuning.key_tile`: 128
+tokens for fp16 and d <= 64) is one tile (small windows packed several to a tile); a longer window
+is walked in key tiles with an online softmax. See kernels/README.md for the bytes each kernel moves.
 """
 
 from __future__ import annotations
@@ -17,11 +17,15 @@ import triton
 import triton.language as tl
 
 from ..reference import num_windows
-from .attn_tile import load_lse_log2, load_rows, log2_scale, row_delta, softmax_finish, softmax_tile_grads, softmax_tile_update, store_rows
-from .utils import (
-    MAX_KEY_TILE, MIN_TILE, attention_configs, device_guard, dot_precision, head_dim_tile, last_dim_contiguous,
-    next_power_of_2, prune_block_q,
+from .attn_tile import (
+    load_lse_log2, load_rows, log2_scale, row_delta, softmax_finish, softmax_tile_grads, softmax_tile_update,
+    store_rows,
 )
+from .tuning import (
+    ATTENTION_BWD_CONFIGS, ATTENTION_FWD_CONFIGS, MIN_TILE, dot_precision, head_dim_tile, key_tile,
+    prune_attention_dkdv, prune_attention_dq, prune_attention_fwd,
+)
+from .utils import device_guard, last_dim_contiguous, next_power_of_2
 from .window_index import group_tokens, window_geometry, window_tokens
 
 # Windows of at most PACKED_TILE / 2 tokens share a tile of PACKED_TILE slots with their neighbours.
@@ -38,17 +42,10 @@ def tile_plan(window_tokens: int, max_tile: int) -> tuple[int, int, int]:
     return block_k, 1, block_k
 
 
-def backward_key_tile(head_dim: int) -> int:
-    """dK and dV accumulate in registers: a 128-wide head dim halves the key tile to avoid spills."""
-    return MAX_KEY_TILE if head_dim <= 64 else min(MAX_KEY_TILE, 64)
-
-
-_FWD_CONFIGS = attention_configs(block_q=(32, 64, 128), warps=(4, 8), stages=(1, 2, 3))
-_BWD_CONFIGS = attention_configs(block_q=(16, 32, 64), warps=(4, 8), stages=(1, 2))
 _KEY = ["BLOCK_K", "HEAD_DIM", "WINDOWS_PER_GROUP", "SINGLE_KEY_TILE"]
 
 
-@triton.autotune(configs=_FWD_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": prune_block_q})
+@triton.autotune(configs=ATTENTION_FWD_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": prune_attention_fwd})
 @triton.jit
 def local_attn_fwd_kernel(
     q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr,
@@ -95,7 +92,7 @@ def local_attn_fwd_kernel(
     tl.store(lse_ptr + b * stride_lb + head * stride_lh + q_tok, lse, mask=q_valid)
 
 
-@triton.autotune(configs=_BWD_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": prune_block_q})
+@triton.autotune(configs=ATTENTION_BWD_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": prune_attention_dkdv})
 @triton.jit
 def local_attn_bwd_kernel_dkdv(
     dout_ptr, q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, dq_ptr, dk_ptr, dv_ptr,
@@ -157,7 +154,7 @@ def local_attn_bwd_kernel_dkdv(
     store_rows(dv_ptr + d_offset, dv, k_tok, k_valid, stride_dn, cols, col_mask)
 
 
-@triton.autotune(configs=_BWD_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": prune_block_q})
+@triton.autotune(configs=ATTENTION_BWD_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": prune_attention_dq})
 @triton.jit
 def local_attn_bwd_kernel_dq(
     dout_ptr, q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, dq_ptr,
@@ -208,19 +205,19 @@ def local_attn_bwd_kernel_dq(
 class _Launch:
     """Shape-derived launch arguments shared by the three kernels of one call."""
 
-    def __init__(self, q: torch.Tensor, grid, window, scale: float, max_tile: int):
+    def __init__(self, q: torch.Tensor, grid, window, scale: float):
         B, N, heads, head_dim = q.shape
         windows = num_windows(grid, window)
         self.window_tokens = math.prod(window)
-        self.block_k, self.windows_per_group, self.slots_per_window = tile_plan(self.window_tokens, max_tile)
+        self.block_k, self.windows_per_group, self.slots_per_window = tile_plan(self.window_tokens, key_tile(head_dim, q.dtype))
         self.groups = triton.cdiv(math.prod(windows), self.windows_per_group)
         # Slots a group spans: a packed group fills one tile, a lone window spans its tokens.
         self.group_slots = self.block_k if self.windows_per_group > 1 else self.window_tokens
         self.programs = B * self.groups * heads
         self.shape_args = (heads, self.groups, windows[1], windows[2], *grid, *window)
         self.meta = dict(
-            HEAD_DIM=head_dim, BLOCK_K=self.block_k, BLOCK_D=head_dim_tile(head_dim), WINDOWS_PER_GROUP=self.windows_per_group,
-            SLOTS_PER_WINDOW=self.slots_per_window, SINGLE_KEY_TILE=self.group_slots <= self.block_k,
+            HEAD_DIM=head_dim, BLOCK_K=self.block_k, BLOCK_D=head_dim_tile(head_dim),
+            WINDOWS_PER_GROUP=self.windows_per_group, SLOTS_PER_WINDOW=self.slots_per_window, SINGLE_KEY_TILE=self.group_slots <= self.block_k,
             DOT_PRECISION=dot_precision(q.dtype),
         )
         self.scale = scale
@@ -246,7 +243,7 @@ def local_attn_fwd(q, k, v, grid, window, scale):
     lse = torch.empty((B, heads, N), dtype=torch.float32, device=q.device)
     if q.numel() == 0:
         return out, lse
-    launch = _Launch(q, grid, window, scale, MAX_KEY_TILE)
+    launch = _Launch(q, grid, window, scale)
     with device_guard(q):
         local_attn_fwd_kernel[launch.query_blocks](
             q, k, v, out, lse, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], *lse.stride()[:2],
@@ -261,9 +258,9 @@ def local_attn_bwd(dout, q, k, v, out, lse, grid, window, scale):
     dq, dk, dv = (torch.empty(q.shape, dtype=q.dtype, device=q.device) for _ in range(3))
     if q.numel() == 0:
         return dq, dk, dv
-    launch = _Launch(q, grid, window, scale, backward_key_tile(q.shape[-1]))
-    strides = (*dout.stride()[:3], *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], *lse.stride()[:2],
-               *dq.stride()[:3])
+    launch = _Launch(q, grid, window, scale)
+    strides = (*dout.stride()[:3], *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
+               *lse.stride()[:2], *dq.stride()[:3])
     scalars = (*launch.shape_args, scale, log2_scale(scale))
     with device_guard(q):
         local_attn_bwd_kernel_dkdv[launch.key_blocks](

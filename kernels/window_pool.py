@@ -15,7 +15,8 @@ import triton
 import triton.language as tl
 
 from ..reference import num_windows
-from .utils import INTERPRETED, device_guard, last_dim_contiguous, next_power_of_2
+from .interpreter import INTERPRETED
+from .utils import device_guard, last_dim_contiguous, next_power_of_2
 from .window_index import window_geometry, window_tokens
 
 MAX_BLOCK_C = 32 if INTERPRETED else 128
@@ -69,7 +70,8 @@ def window_pool_bwd_kernel(
         slots = start + tl.arange(0, BLOCK_T)
         tokens = window_tokens(slots, t0, y0, x0, extent_h, extent_w, H, W)
         mask = (slots < count)[:, None] & c_mask[None, :]
-        tl.store(dx_base + tokens[:, None] * stride_xn + channels[None, :], tl.broadcast_to(share[None, :], (BLOCK_T, BLOCK_C)), mask=mask)
+        rows = tl.broadcast_to(share[None, :], (BLOCK_T, BLOCK_C))
+        tl.store(dx_base + tokens[:, None] * stride_xn + channels[None, :], rows, mask=mask)
 
 
 def _launch(x_like: torch.Tensor, grid, window):

@@ -46,7 +46,7 @@ class Capability:
 
 CAPABILITIES = {
     "torch": Capability(None, (*_HALF, torch.float32, torch.float64)),
-    "triton": Capability("cuda", (*_HALF, torch.float32), max_head_dim=256),
+    "triton": Capability("cuda", (*_HALF, torch.float32), max_head_dim=128),
     "cuda": Capability("cuda", (*_HALF, torch.float32), max_head_dim=256),
     "cpu": Capability("cpu", (torch.bfloat16, torch.float32, torch.float64)),
 }
