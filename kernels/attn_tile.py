@@ -23,6 +23,22 @@ def log2_scale(scale: float) -> float:
 
 
 @triton.jit
+def program_coordinates(blocks, heads, units):
+    """(block, batch, unit, head) of this program, from a 1-D launch over (batch, unit, head, block).
+
+    The block (a query or key block of a window group or a query chunk) varies fastest, so the
+    programs that read the same K/V (or the same queries) run back to back and find them in L2;
+    one launch axis also avoids the 65535 limit of the others. Ids are int64 before any address.
+    """
+    pid = tl.program_id(0).to(tl.int64)
+    block = (pid % blocks).to(tl.int32)
+    rest = pid // blocks
+    head = rest % heads
+    unit = (rest // heads) % units
+    return block, rest // (heads * units), unit, head
+
+
+@triton.jit
 def load_rows(ptr, rows, row_mask, stride_row, cols, col_mask):
     """A (len(rows), len(cols)) tile of a row-major view: rows are token indices, cols the head dim."""
     offsets = rows.to(tl.int64)[:, None] * stride_row + cols[None, :]

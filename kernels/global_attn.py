@@ -1,6 +1,6 @@
 """Global attention over a short key set (the prefix tokens plus the pooled windows): Triton kernels.
 
-Forward: one program per (batch, query block, head), the key set walked in tiles of up to
+Forward: one program per (batch, head, query block), the key set walked in tiles of up to
 `tuning.key_tile` keys (one tile, i.e. K/V fully on-chip, for Nk <= 128 at fp16 and d <= 64) with
 an online softmax. Backward is parallel over query *chunks*, not key blocks: with Nk = 8 a key-block split
 would leave most of a GPU idle. A program owns (batch, query chunk, head, key block), walks the
@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from .attn_tile import (
-    load_lse_log2, load_rows, log2_scale, row_delta, softmax_finish, softmax_tile_grads, softmax_tile_update,
+    load_lse_log2, load_rows, log2_scale, program_coordinates, row_delta, softmax_finish, softmax_tile_grads, softmax_tile_update,
     store_rows,
 )
 from .tuning import (
@@ -42,11 +42,7 @@ def global_attn_fwd_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
     SINGLE_KEY_TILE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    head = pid % heads
-    q_blocks = tl.cdiv(queries, BLOCK_Q)
-    q_block = (pid // heads) % q_blocks
-    b = pid // (heads * q_blocks)
+    q_block, b, _, head = program_coordinates(tl.cdiv(queries, BLOCK_Q), heads, 1)
 
     q_tok = q_block * BLOCK_Q + tl.arange(0, BLOCK_Q)
     q_valid = q_tok < queries
@@ -86,11 +82,8 @@ def global_attn_bwd_kernel_dkdv(
 
     dq shares the strides `stride_d*` of a (B, Nq, heads, d) tensor; the partials use `stride_p*`.
     """
-    pid = tl.program_id(0).to(tl.int64)
-    head = pid % heads
-    chunk = (pid // heads) % chunks
-    b = pid // (heads * chunks)
-    k_tok = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    k_block, b, chunk, head = program_coordinates(tl.cdiv(keys, BLOCK_K), heads, chunks)
+    k_tok = k_block * BLOCK_K + tl.arange(0, BLOCK_K)
     k_valid = k_tok < keys
 
     cols = tl.arange(0, BLOCK_D)
@@ -139,11 +132,7 @@ def global_attn_bwd_kernel_dq(
     SINGLE_KEY_TILE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """dQ of one query block when the key set spans several key tiles."""
-    pid = tl.program_id(0).to(tl.int64)
-    head = pid % heads
-    q_blocks = tl.cdiv(queries, BLOCK_Q)
-    q_block = (pid // heads) % q_blocks
-    b = pid // (heads * q_blocks)
+    q_block, b, _, head = program_coordinates(tl.cdiv(queries, BLOCK_Q), heads, 1)
 
     q_tok = q_block * BLOCK_Q + tl.arange(0, BLOCK_Q)
     q_valid = q_tok < queries
@@ -179,7 +168,7 @@ def _meta(q: torch.Tensor, keys: int) -> dict:
 
 
 def _query_blocks(B: int, queries: int, heads: int):
-    return lambda meta: (B * triton.cdiv(queries, meta["BLOCK_Q"]) * heads,)
+    return lambda meta: (B * heads * triton.cdiv(queries, meta["BLOCK_Q"]),)
 
 
 def _check_tokens(q: torch.Tensor, k: torch.Tensor) -> None:
@@ -231,7 +220,7 @@ def global_attn_bwd(dout, q, k, v, out, lse, scale):
     strides = (*dout.stride()[:3], *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
                *lse.stride()[:2], *dq.stride()[:3])
     with device_guard(q):
-        global_attn_bwd_kernel_dkdv[(B * chunks * heads, key_blocks)](
+        global_attn_bwd_kernel_dkdv[(B * chunks * heads * key_blocks,)](
             dout, q, k, v, out, lse, dq, dk_parts, dv_parts, *strides, *dk_parts.stride()[:4],
             heads, queries, keys, chunks, chunk_queries, scale, log2_scale(scale), **meta,
         )

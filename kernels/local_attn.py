@@ -2,8 +2,8 @@
 
 Programs read q/k/v straight from the strided (B, N, heads, d) layout by computing each window's
 token addresses (`window_index`), so there is no partition copy in and no un-partition copy out.
-Program axis 0 enumerates (batch, window group, head), head fastest; axis 1 the query (forward,
-dq) or key (dk/dv) blocks of the group. A window of up to one key tile (`tuning.key_tile`: 128
+Programs enumerate (batch, window group, head, block) on one launch axis, the query (forward, dq)
+or key (dk/dv) block of the group fastest, so the programs of one window run back to back. A window of up to one key tile (`tuning.key_tile`: 128
 tokens for fp16 and d <= 64) is one tile (small windows packed several to a tile); a longer window
 is walked in key tiles with an online softmax. See kernels/README.md for the bytes each kernel moves.
 """
@@ -18,7 +18,7 @@ import triton.language as tl
 
 from ..reference import num_windows
 from .attn_tile import (
-    load_lse_log2, load_rows, log2_scale, row_delta, softmax_finish, softmax_tile_grads, softmax_tile_update,
+    load_lse_log2, load_rows, log2_scale, program_coordinates, row_delta, softmax_finish, softmax_tile_grads, softmax_tile_update,
     store_rows,
 )
 from .tuning import (
@@ -51,16 +51,13 @@ def local_attn_fwd_kernel(
     q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr,
     stride_qb, stride_qn, stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,
     stride_ob, stride_on, stride_oh, stride_lb, stride_lh,
-    heads, groups, windows_h, windows_w, F, H, W, f, h, w, qk_scale,
+    heads, groups, group_slots, windows_h, windows_w, F, H, W, f, h, w, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
     WINDOWS_PER_GROUP: tl.constexpr, SLOTS_PER_WINDOW: tl.constexpr, SINGLE_KEY_TILE: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    head = pid % heads
-    group = (pid // heads) % groups
-    b = pid // (heads * groups)
-    q_start = tl.program_id(1) * BLOCK_Q
+    q_block, b, group, head = program_coordinates(tl.cdiv(group_slots, BLOCK_Q), heads, groups)
+    q_start = q_block * BLOCK_Q
     if WINDOWS_PER_GROUP == 1:
         slots = window_geometry(group, windows_h, windows_w, F, H, W, f, h, w)[5]
         if q_start >= slots:  # a border window has fewer query blocks than the launch grid
@@ -99,7 +96,7 @@ def local_attn_bwd_kernel_dkdv(
     stride_gb, stride_gn, stride_gh, stride_qb, stride_qn, stride_qh, stride_kb, stride_kn, stride_kh,
     stride_vb, stride_vn, stride_vh, stride_ob, stride_on, stride_oh, stride_lb, stride_lh,
     stride_db, stride_dn, stride_dh,
-    heads, groups, windows_h, windows_w, F, H, W, f, h, w, scale, qk_scale,
+    heads, groups, group_slots, windows_h, windows_w, F, H, W, f, h, w, scale, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
     WINDOWS_PER_GROUP: tl.constexpr, SLOTS_PER_WINDOW: tl.constexpr, SINGLE_KEY_TILE: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
@@ -109,11 +106,8 @@ def local_attn_bwd_kernel_dkdv(
     With SINGLE_KEY_TILE (the whole group is this one key block) every query's keys are here, so
     the program also writes dQ and no other kernel runs. dq, dk and dv share one set of strides.
     """
-    pid = tl.program_id(0).to(tl.int64)
-    head = pid % heads
-    group = (pid // heads) % groups
-    b = pid // (heads * groups)
-    k_start = tl.program_id(1) * BLOCK_K
+    k_block, b, group, head = program_coordinates(tl.cdiv(group_slots, BLOCK_K), heads, groups)
+    k_start = k_block * BLOCK_K
     if WINDOWS_PER_GROUP == 1:
         slots = window_geometry(group, windows_h, windows_w, F, H, W, f, h, w)[5]
         if k_start >= slots:
@@ -161,17 +155,14 @@ def local_attn_bwd_kernel_dq(
     stride_gb, stride_gn, stride_gh, stride_qb, stride_qn, stride_qh, stride_kb, stride_kn, stride_kh,
     stride_vb, stride_vn, stride_vh, stride_ob, stride_on, stride_oh, stride_lb, stride_lh,
     stride_db, stride_dn, stride_dh,
-    heads, groups, windows_h, windows_w, F, H, W, f, h, w, scale, qk_scale,
+    heads, groups, group_slots, windows_h, windows_w, F, H, W, f, h, w, scale, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
     WINDOWS_PER_GROUP: tl.constexpr, SLOTS_PER_WINDOW: tl.constexpr, SINGLE_KEY_TILE: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
     """dQ of one query block of a window longer than one key tile (one window per group)."""
-    pid = tl.program_id(0).to(tl.int64)
-    head = pid % heads
-    window = (pid // heads) % groups
-    b = pid // (heads * groups)
-    q_start = tl.program_id(1) * BLOCK_Q
+    q_block, b, window, head = program_coordinates(tl.cdiv(group_slots, BLOCK_Q), heads, groups)
+    q_start = q_block * BLOCK_Q
     t0, y0, x0, extent_h, extent_w, slots = window_geometry(window, windows_h, windows_w, F, H, W, f, h, w)
     if q_start >= slots:
         return
@@ -214,7 +205,7 @@ class _Launch:
         # Slots a group spans: a packed group fills one tile, a lone window spans its tokens.
         self.group_slots = self.block_k if self.windows_per_group > 1 else self.window_tokens
         self.programs = B * self.groups * heads
-        self.shape_args = (heads, self.groups, windows[1], windows[2], *grid, *window)
+        self.shape_args = (heads, self.groups, self.group_slots, windows[1], windows[2], *grid, *window)
         self.meta = dict(
             HEAD_DIM=head_dim, BLOCK_K=self.block_k, BLOCK_D=head_dim_tile(head_dim),
             WINDOWS_PER_GROUP=self.windows_per_group, SLOTS_PER_WINDOW=self.slots_per_window, SINGLE_KEY_TILE=self.group_slots <= self.block_k,
@@ -223,10 +214,10 @@ class _Launch:
         self.scale = scale
 
     def query_blocks(self, meta):
-        return (self.programs, triton.cdiv(self.group_slots, meta["BLOCK_Q"]))
+        return (self.programs * triton.cdiv(self.group_slots, meta["BLOCK_Q"]),)
 
     def key_blocks(self, meta):
-        return (self.programs, triton.cdiv(self.group_slots, self.block_k))
+        return (self.programs * triton.cdiv(self.group_slots, self.block_k),)
 
 
 def _check_tokens(q: torch.Tensor) -> None:
