@@ -52,12 +52,25 @@ def store_rows(ptr, value, rows, row_mask, stride_row, cols, col_mask):
 
 
 @triton.jit
-def softmax_tile_update(q, k, v, pair_mask, m_i, l_i, acc, qk_scale, DOT_PRECISION: tl.constexpr):
-    """One online-softmax step: fold the key tile (k, v) into the running max, sum and output.
+def load_query_grads(q_base, g_base, o_base, l_base, rows, row_mask, stride_qn, stride_gn, stride_on, cols, col_mask):
+    """What backward needs per query row: q, dO, the saved lse (log2 domain) and delta = rowsum(dO * O)."""
+    q = load_rows(q_base, rows, row_mask, stride_qn, cols, col_mask)
+    dout = load_rows(g_base, rows, row_mask, stride_gn, cols, col_mask)
+    out = load_rows(o_base, rows, row_mask, stride_on, cols, col_mask)
+    lse_log2 = tl.load(l_base + rows, mask=row_mask, other=0.0) * LOG2E
+    return q, dout, lse_log2, tl.sum(out.to(tl.float32) * dout.to(tl.float32), 1)
+
+
+@triton.jit
+def attend_key_tile(q, k_base, v_base, rows, row_mask, stride_kn, stride_vn, cols, col_mask, pair_mask,
+                    m_i, l_i, acc, qk_scale, DOT_PRECISION: tl.constexpr):
+    """Forward: load one key tile and fold it into the running max, sum and output (online softmax).
 
     `m_i` starts at a large finite negative value rather than -inf, so a padding row whose keys are
     all masked gives l_i = 0 (handled by `softmax_finish`) instead of NaN from (-inf) - (-inf).
     """
+    k = load_rows(k_base, rows, row_mask, stride_kn, cols, col_mask)
+    v = load_rows(v_base, rows, row_mask, stride_vn, cols, col_mask)
     s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
     s = tl.where(pair_mask, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -76,22 +89,36 @@ def softmax_finish(m_i, l_i, acc):
 
 
 @triton.jit
-def load_lse_log2(ptr, rows, row_mask):
-    """Saved natural-log lse of `rows`, converted to the log2 domain of the scores."""
-    return tl.load(ptr + rows, mask=row_mask, other=0.0) * LOG2E
-
-
-@triton.jit
-def row_delta(out, dout):
-    """delta = rowsum(dO * O) in fp32: the softmax-backward correction of each query row."""
-    return tl.sum(out.to(tl.float32) * dout.to(tl.float32), 1)
-
-
-@triton.jit
-def softmax_tile_grads(q, k, v, dout, lse_log2, delta, pair_mask, qk_scale, DOT_PRECISION: tl.constexpr):
+def _tile_grads(q, k, v, dout, lse_log2, delta, pair_mask, qk_scale, DOT_PRECISION: tl.constexpr):
     """Recomputed probabilities P and score gradients dS (w.r.t. the scaled scores) of one tile."""
     s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
     p = tl.where(pair_mask, tl.exp2(s - lse_log2[:, None]), 0.0)
     dp = tl.dot(dout, tl.trans(v), input_precision=DOT_PRECISION)
-    ds = p * (dp - delta[:, None])
-    return p, ds
+    return p, p * (dp - delta[:, None])
+
+
+@triton.jit
+def dkdv_query_tile(dk, dv, k, v, q_base, g_base, o_base, l_base, rows, row_mask, stride_qn, stride_gn, stride_on,
+                    cols, col_mask, pair_mask, dq_base, stride_dn, scale, qk_scale,
+                    WRITE_DQ: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Backward, key-block side: add one query block's dK (unscaled) and dV; with WRITE_DQ this key
+    block holds all the queries' keys, so their dQ is complete here and is written."""
+    q, dout, lse_log2, delta = load_query_grads(q_base, g_base, o_base, l_base, rows, row_mask,
+                                                stride_qn, stride_gn, stride_on, cols, col_mask)
+    p, ds = _tile_grads(q, k, v, dout, lse_log2, delta, pair_mask, qk_scale, DOT_PRECISION)
+    dv += tl.dot(tl.trans(p.to(dout.dtype)), dout, input_precision=DOT_PRECISION)
+    dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=DOT_PRECISION)
+    if WRITE_DQ:
+        dq = tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION) * scale
+        store_rows(dq_base, dq, rows, row_mask, stride_dn, cols, col_mask)
+    return dk, dv
+
+
+@triton.jit
+def dq_key_tile(dq, q, dout, lse_log2, delta, k_base, v_base, rows, row_mask, stride_kn, stride_vn, cols, col_mask,
+                pair_mask, qk_scale, DOT_PRECISION: tl.constexpr):
+    """Backward, query-block side: add one key tile's contribution to dQ (unscaled)."""
+    k = load_rows(k_base, rows, row_mask, stride_kn, cols, col_mask)
+    v = load_rows(v_base, rows, row_mask, stride_vn, cols, col_mask)
+    ds = _tile_grads(q, k, v, dout, lse_log2, delta, pair_mask, qk_scale, DOT_PRECISION)[1]
+    return dq + tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)

@@ -17,8 +17,8 @@ import triton
 import triton.language as tl
 
 from .attn_tile import (
-    load_lse_log2, load_rows, log2_scale, program_coordinates, row_delta, softmax_finish, softmax_tile_grads, softmax_tile_update,
-    store_rows,
+    attend_key_tile, dkdv_query_tile, dq_key_tile, load_query_grads, load_rows, log2_scale, program_coordinates,
+    softmax_finish, store_rows,
 )
 from .tuning import (
     ATTENTION_BWD_CONFIGS, ATTENTION_FWD_CONFIGS, MIN_TILE, dot_precision, head_dim_tile, key_tile,
@@ -42,8 +42,8 @@ def global_attn_fwd_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
     SINGLE_KEY_TILE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
+    """Output and lse of one query block over the whole key set."""
     q_block, b, _, head = program_coordinates(tl.cdiv(queries, BLOCK_Q), heads, 1)
-
     q_tok = q_block * BLOCK_Q + tl.arange(0, BLOCK_Q)
     q_valid = q_tok < queries
     cols = tl.arange(0, BLOCK_D)
@@ -58,9 +58,8 @@ def global_attn_fwd_kernel(
     for k_start in range(0, keys, BLOCK_K):
         k_tok = k_start + tl.arange(0, BLOCK_K)
         k_valid = k_tok < keys
-        k = load_rows(k_base, k_tok, k_valid, stride_kn, cols, col_mask)
-        v = load_rows(v_base, k_tok, k_valid, stride_vn, cols, col_mask)
-        m_i, l_i, acc = softmax_tile_update(q, k, v, k_valid[None, :], m_i, l_i, acc, qk_scale, DOT_PRECISION)
+        m_i, l_i, acc = attend_key_tile(q, k_base, v_base, k_tok, k_valid, stride_kn, stride_vn, cols, col_mask,
+                                        k_valid[None, :], m_i, l_i, acc, qk_scale, DOT_PRECISION)
 
     out, lse = softmax_finish(m_i, l_i, acc)
     store_rows(out_ptr + b * stride_ob + head * stride_oh, out, q_tok, q_valid, stride_on, cols, col_mask)
@@ -81,11 +80,11 @@ def global_attn_bwd_kernel_dkdv(
     """Partial dK, dV of one key block over one query chunk (dk/dv_ptr: (chunks, B, Nk, heads, d)).
 
     dq shares the strides `stride_d*` of a (B, Nq, heads, d) tensor; the partials use `stride_p*`.
+    With SINGLE_KEY_TILE the program also writes the chunk's dQ.
     """
     k_block, b, chunk, head = program_coordinates(tl.cdiv(keys, BLOCK_K), heads, chunks)
     k_tok = k_block * BLOCK_K + tl.arange(0, BLOCK_K)
     k_valid = k_tok < keys
-
     cols = tl.arange(0, BLOCK_D)
     col_mask = cols < HEAD_DIM
     k = load_rows(k_ptr + b * stride_kb + head * stride_kh, k_tok, k_valid, stride_kn, cols, col_mask)
@@ -103,18 +102,9 @@ def global_attn_bwd_kernel_dkdv(
     for q_start in range(chunk_start, chunk_end, BLOCK_Q):
         q_tok = q_start + tl.arange(0, BLOCK_Q)
         q_valid = q_tok < chunk_end
-        q = load_rows(q_base, q_tok, q_valid, stride_qn, cols, col_mask)
-        dout = load_rows(g_base, q_tok, q_valid, stride_gn, cols, col_mask)
-        out = load_rows(o_base, q_tok, q_valid, stride_on, cols, col_mask)
-        lse_log2 = load_lse_log2(l_base, q_tok, q_valid)
-        pair_mask = q_valid[:, None] & k_valid[None, :]
-        p, ds = softmax_tile_grads(q, k, v, dout, lse_log2, row_delta(out, dout), pair_mask, qk_scale, DOT_PRECISION)
-        dv += tl.dot(tl.trans(p.to(dout.dtype)), dout, input_precision=DOT_PRECISION)
-        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=DOT_PRECISION)
-        if SINGLE_KEY_TILE:
-            dq = tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION) * scale
-            store_rows(dq_base, dq, q_tok, q_valid, stride_dn, cols, col_mask)
-
+        dk, dv = dkdv_query_tile(dk, dv, k, v, q_base, g_base, o_base, l_base, q_tok, q_valid,
+                                 stride_qn, stride_gn, stride_on, cols, col_mask, q_valid[:, None] & k_valid[None, :],
+                                 dq_base, stride_dn, scale, qk_scale, SINGLE_KEY_TILE, DOT_PRECISION)
     partial = chunk * stride_pc + b * stride_pb + head * stride_ph
     store_rows(dk_ptr + partial, dk * scale, k_tok, k_valid, stride_pn, cols, col_mask)
     store_rows(dv_ptr + partial, dv, k_tok, k_valid, stride_pn, cols, col_mask)
@@ -133,16 +123,14 @@ def global_attn_bwd_kernel_dq(
 ):
     """dQ of one query block when the key set spans several key tiles."""
     q_block, b, _, head = program_coordinates(tl.cdiv(queries, BLOCK_Q), heads, 1)
-
     q_tok = q_block * BLOCK_Q + tl.arange(0, BLOCK_Q)
     q_valid = q_tok < queries
     cols = tl.arange(0, BLOCK_D)
     col_mask = cols < HEAD_DIM
-    q = load_rows(q_ptr + b * stride_qb + head * stride_qh, q_tok, q_valid, stride_qn, cols, col_mask)
-    dout = load_rows(dout_ptr + b * stride_gb + head * stride_gh, q_tok, q_valid, stride_gn, cols, col_mask)
-    out = load_rows(out_ptr + b * stride_ob + head * stride_oh, q_tok, q_valid, stride_on, cols, col_mask)
-    lse_log2 = load_lse_log2(lse_ptr + b * stride_lb + head * stride_lh, q_tok, q_valid)
-    delta = row_delta(out, dout)
+    q, dout, lse_log2, delta = load_query_grads(
+        q_ptr + b * stride_qb + head * stride_qh, dout_ptr + b * stride_gb + head * stride_gh,
+        out_ptr + b * stride_ob + head * stride_oh, lse_ptr + b * stride_lb + head * stride_lh,
+        q_tok, q_valid, stride_qn, stride_gn, stride_on, cols, col_mask)
     k_base = k_ptr + b * stride_kb + head * stride_kh
     v_base = v_ptr + b * stride_vb + head * stride_vh
 
@@ -150,11 +138,8 @@ def global_attn_bwd_kernel_dq(
     for k_start in range(0, keys, BLOCK_K):
         k_tok = k_start + tl.arange(0, BLOCK_K)
         k_valid = k_tok < keys
-        k = load_rows(k_base, k_tok, k_valid, stride_kn, cols, col_mask)
-        v = load_rows(v_base, k_tok, k_valid, stride_vn, cols, col_mask)
-        pair_mask = q_valid[:, None] & k_valid[None, :]
-        ds = softmax_tile_grads(q, k, v, dout, lse_log2, delta, pair_mask, qk_scale, DOT_PRECISION)[1]
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
+        dq = dq_key_tile(dq, q, dout, lse_log2, delta, k_base, v_base, k_tok, k_valid, stride_kn, stride_vn,
+                         cols, col_mask, q_valid[:, None] & k_valid[None, :], qk_scale, DOT_PRECISION)
     store_rows(dq_ptr + b * stride_db + head * stride_dh, dq * scale, q_tok, q_valid, stride_dn, cols, col_mask)
 
 

@@ -3,9 +3,10 @@
 Programs read q/k/v straight from the strided (B, N, heads, d) layout by computing each window's
 token addresses (`window_index`), so there is no partition copy in and no un-partition copy out.
 Programs enumerate (batch, window group, head, block) on one launch axis, the query (forward, dq)
-or key (dk/dv) block of the group fastest, so the programs of one window run back to back. A window of up to one key tile (`tuning.key_tile`: 128
-tokens for fp16 and d <= 64) is one tile (small windows packed several to a tile); a longer window
-is walked in key tiles with an online softmax. See kernels/README.md for the bytes each kernel moves.
+or key (dk/dv) block of the group fastest, so the programs of one window run back to back. A
+window of up to one key tile (`tuning.key_tile`: 128 tokens for fp16 and d <= 64) is one tile
+(small windows packed several to a tile); a longer window is walked in key tiles with an online
+softmax. See kernels/README.md for the bytes each kernel moves.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import triton.language as tl
 
 from ..reference import num_windows
 from .attn_tile import (
-    load_lse_log2, load_rows, log2_scale, program_coordinates, row_delta, softmax_finish, softmax_tile_grads, softmax_tile_update,
-    store_rows,
+    attend_key_tile, dkdv_query_tile, dq_key_tile, load_query_grads, load_rows, log2_scale, program_coordinates,
+    softmax_finish, store_rows,
 )
 from .tuning import (
     ATTENTION_BWD_CONFIGS, ATTENTION_FWD_CONFIGS, MIN_TILE, dot_precision, head_dim_tile, key_tile,
@@ -45,6 +46,16 @@ def tile_plan(window_tokens: int, max_tile: int) -> tuple[int, int, int]:
 _KEY = ["BLOCK_K", "HEAD_DIM", "WINDOWS_PER_GROUP", "SINGLE_KEY_TILE"]
 
 
+@triton.jit
+def _slots(group, windows_h, windows_w, F, H, W, f, h, w, BLOCK_K: tl.constexpr, WINDOWS_PER_GROUP: tl.constexpr):
+    """Slots a window group spans: a lone window's token count (a border window's is smaller), or
+    the whole tile for a packed group."""
+    if WINDOWS_PER_GROUP == 1:
+        return window_geometry(group, windows_h, windows_w, F, H, W, f, h, w)[5]
+    else:
+        return BLOCK_K
+
+
 @triton.autotune(configs=ATTENTION_FWD_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": prune_attention_fwd})
 @triton.jit
 def local_attn_fwd_kernel(
@@ -56,14 +67,12 @@ def local_attn_fwd_kernel(
     WINDOWS_PER_GROUP: tl.constexpr, SLOTS_PER_WINDOW: tl.constexpr, SINGLE_KEY_TILE: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
+    """Output and lse of one query block of a window group, over the group's key tiles."""
     q_block, b, group, head = program_coordinates(tl.cdiv(group_slots, BLOCK_Q), heads, groups)
     q_start = q_block * BLOCK_Q
-    if WINDOWS_PER_GROUP == 1:
-        slots = window_geometry(group, windows_h, windows_w, F, H, W, f, h, w)[5]
-        if q_start >= slots:  # a border window has fewer query blocks than the launch grid
-            return
-    else:
-        slots = BLOCK_K
+    slots = _slots(group, windows_h, windows_w, F, H, W, f, h, w, BLOCK_K, WINDOWS_PER_GROUP)
+    if q_start >= slots:  # a border window has fewer query blocks than the launch grid
+        return
 
     q_tok, q_valid, q_win = group_tokens(q_start + tl.arange(0, BLOCK_Q), group, windows_h, windows_w, F, H, W,
                                          f, h, w, WINDOWS_PER_GROUP, SLOTS_PER_WINDOW)
@@ -79,10 +88,9 @@ def local_attn_fwd_kernel(
     for k_start in range(0, slots, BLOCK_K):
         k_tok, k_valid, k_win = group_tokens(k_start + tl.arange(0, BLOCK_K), group, windows_h, windows_w, F, H, W,
                                              f, h, w, WINDOWS_PER_GROUP, SLOTS_PER_WINDOW)
-        k = load_rows(k_base, k_tok, k_valid, stride_kn, cols, col_mask)
-        v = load_rows(v_base, k_tok, k_valid, stride_vn, cols, col_mask)
         pair_mask = k_valid[None, :] & (q_win[:, None] == k_win[None, :])
-        m_i, l_i, acc = softmax_tile_update(q, k, v, pair_mask, m_i, l_i, acc, qk_scale, DOT_PRECISION)
+        m_i, l_i, acc = attend_key_tile(q, k_base, v_base, k_tok, k_valid, stride_kn, stride_vn, cols, col_mask,
+                                        pair_mask, m_i, l_i, acc, qk_scale, DOT_PRECISION)
 
     out, lse = softmax_finish(m_i, l_i, acc)
     store_rows(out_ptr + b * stride_ob + head * stride_oh, out, q_tok, q_valid, stride_on, cols, col_mask)
@@ -108,12 +116,9 @@ def local_attn_bwd_kernel_dkdv(
     """
     k_block, b, group, head = program_coordinates(tl.cdiv(group_slots, BLOCK_K), heads, groups)
     k_start = k_block * BLOCK_K
-    if WINDOWS_PER_GROUP == 1:
-        slots = window_geometry(group, windows_h, windows_w, F, H, W, f, h, w)[5]
-        if k_start >= slots:
-            return
-    else:
-        slots = BLOCK_K
+    slots = _slots(group, windows_h, windows_w, F, H, W, f, h, w, BLOCK_K, WINDOWS_PER_GROUP)
+    if k_start >= slots:
+        return
 
     k_tok, k_valid, k_win = group_tokens(k_start + tl.arange(0, BLOCK_K), group, windows_h, windows_w, F, H, W,
                                          f, h, w, WINDOWS_PER_GROUP, SLOTS_PER_WINDOW)
@@ -132,18 +137,10 @@ def local_attn_bwd_kernel_dkdv(
     for q_start in range(0, slots, BLOCK_Q):
         q_tok, q_valid, q_win = group_tokens(q_start + tl.arange(0, BLOCK_Q), group, windows_h, windows_w, F, H, W,
                                              f, h, w, WINDOWS_PER_GROUP, SLOTS_PER_WINDOW)
-        q = load_rows(q_base, q_tok, q_valid, stride_qn, cols, col_mask)
-        dout = load_rows(g_base, q_tok, q_valid, stride_gn, cols, col_mask)
-        out = load_rows(o_base, q_tok, q_valid, stride_on, cols, col_mask)
-        lse_log2 = load_lse_log2(l_base, q_tok, q_valid)
         pair_mask = q_valid[:, None] & k_valid[None, :] & (q_win[:, None] == k_win[None, :])
-        p, ds = softmax_tile_grads(q, k, v, dout, lse_log2, row_delta(out, dout), pair_mask, qk_scale, DOT_PRECISION)
-        dv += tl.dot(tl.trans(p.to(dout.dtype)), dout, input_precision=DOT_PRECISION)
-        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=DOT_PRECISION)
-        if SINGLE_KEY_TILE:
-            dq = tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION) * scale
-            store_rows(dq_ptr + d_offset, dq, q_tok, q_valid, stride_dn, cols, col_mask)
-
+        dk, dv = dkdv_query_tile(dk, dv, k, v, q_base, g_base, o_base, l_base, q_tok, q_valid,
+                                 stride_qn, stride_gn, stride_on, cols, col_mask, pair_mask,
+                                 dq_ptr + d_offset, stride_dn, scale, qk_scale, SINGLE_KEY_TILE, DOT_PRECISION)
     store_rows(dk_ptr + d_offset, dk * scale, k_tok, k_valid, stride_dn, cols, col_mask)
     store_rows(dv_ptr + d_offset, dv, k_tok, k_valid, stride_dn, cols, col_mask)
 
@@ -172,35 +169,32 @@ def local_attn_bwd_kernel_dq(
     q_valid = q_slots < slots
     cols = tl.arange(0, BLOCK_D)
     col_mask = cols < HEAD_DIM
-    q = load_rows(q_ptr + b * stride_qb + head * stride_qh, q_tok, q_valid, stride_qn, cols, col_mask)
-    dout = load_rows(dout_ptr + b * stride_gb + head * stride_gh, q_tok, q_valid, stride_gn, cols, col_mask)
-    out = load_rows(out_ptr + b * stride_ob + head * stride_oh, q_tok, q_valid, stride_on, cols, col_mask)
-    lse_log2 = load_lse_log2(lse_ptr + b * stride_lb + head * stride_lh, q_tok, q_valid)
-    delta = row_delta(out, dout)
+    q, dout, lse_log2, delta = load_query_grads(
+        q_ptr + b * stride_qb + head * stride_qh, dout_ptr + b * stride_gb + head * stride_gh,
+        out_ptr + b * stride_ob + head * stride_oh, lse_ptr + b * stride_lb + head * stride_lh,
+        q_tok, q_valid, stride_qn, stride_gn, stride_on, cols, col_mask)
     k_base = k_ptr + b * stride_kb + head * stride_kh
     v_base = v_ptr + b * stride_vb + head * stride_vh
 
     dq = tl.zeros((BLOCK_Q, BLOCK_D), tl.float32)
     for k_start in range(0, slots, BLOCK_K):
         k_slots = k_start + tl.arange(0, BLOCK_K)
-        k_tok = window_tokens(k_slots, t0, y0, x0, extent_h, extent_w, H, W)
         k_valid = k_slots < slots
-        k = load_rows(k_base, k_tok, k_valid, stride_kn, cols, col_mask)
-        v = load_rows(v_base, k_tok, k_valid, stride_vn, cols, col_mask)
-        pair_mask = q_valid[:, None] & k_valid[None, :]
-        ds = softmax_tile_grads(q, k, v, dout, lse_log2, delta, pair_mask, qk_scale, DOT_PRECISION)[1]
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
+        k_tok = window_tokens(k_slots, t0, y0, x0, extent_h, extent_w, H, W)
+        dq = dq_key_tile(dq, q, dout, lse_log2, delta, k_base, v_base, k_tok, k_valid, stride_kn, stride_vn,
+                         cols, col_mask, q_valid[:, None] & k_valid[None, :], qk_scale, DOT_PRECISION)
     store_rows(dq_ptr + b * stride_db + head * stride_dh, dq * scale, q_tok, q_valid, stride_dn, cols, col_mask)
 
 
 class _Launch:
     """Shape-derived launch arguments shared by the three kernels of one call."""
 
-    def __init__(self, q: torch.Tensor, grid, window, scale: float):
+    def __init__(self, q: torch.Tensor, grid, window):
         B, N, heads, head_dim = q.shape
         windows = num_windows(grid, window)
         self.window_tokens = math.prod(window)
-        self.block_k, self.windows_per_group, self.slots_per_window = tile_plan(self.window_tokens, key_tile(head_dim, q.dtype))
+        plan = tile_plan(self.window_tokens, key_tile(head_dim, q.dtype))
+        self.block_k, self.windows_per_group, self.slots_per_window = plan
         self.groups = triton.cdiv(math.prod(windows), self.windows_per_group)
         # Slots a group spans: a packed group fills one tile, a lone window spans its tokens.
         self.group_slots = self.block_k if self.windows_per_group > 1 else self.window_tokens
@@ -208,10 +202,10 @@ class _Launch:
         self.shape_args = (heads, self.groups, self.group_slots, windows[1], windows[2], *grid, *window)
         self.meta = dict(
             HEAD_DIM=head_dim, BLOCK_K=self.block_k, BLOCK_D=head_dim_tile(head_dim),
-            WINDOWS_PER_GROUP=self.windows_per_group, SLOTS_PER_WINDOW=self.slots_per_window, SINGLE_KEY_TILE=self.group_slots <= self.block_k,
+            WINDOWS_PER_GROUP=self.windows_per_group, SLOTS_PER_WINDOW=self.slots_per_window,
+            SINGLE_KEY_TILE=self.group_slots <= self.block_k,
             DOT_PRECISION=dot_precision(q.dtype),
         )
-        self.scale = scale
 
     def query_blocks(self, meta):
         return (self.programs * triton.cdiv(self.group_slots, meta["BLOCK_Q"]),)
@@ -234,7 +228,7 @@ def local_attn_fwd(q, k, v, grid, window, scale):
     lse = torch.empty((B, heads, N), dtype=torch.float32, device=q.device)
     if q.numel() == 0:
         return out, lse
-    launch = _Launch(q, grid, window, scale)
+    launch = _Launch(q, grid, window)
     with device_guard(q):
         local_attn_fwd_kernel[launch.query_blocks](
             q, k, v, out, lse, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], *lse.stride()[:2],
@@ -249,7 +243,7 @@ def local_attn_bwd(dout, q, k, v, out, lse, grid, window, scale):
     dq, dk, dv = (torch.empty(q.shape, dtype=q.dtype, device=q.device) for _ in range(3))
     if q.numel() == 0:
         return dq, dk, dv
-    launch = _Launch(q, grid, window, scale)
+    launch = _Launch(q, grid, window)
     strides = (*dout.stride()[:3], *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
                *lse.stride()[:2], *dq.stride()[:3])
     scalars = (*launch.shape_args, scale, log2_scale(scale))

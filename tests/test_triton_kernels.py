@@ -64,12 +64,8 @@ def local_path(window, head_dim, dtype):
     return "one-tile" if math.prod(window) <= block_k else "multi-tile"
 
 
-@pytest.mark.parametrize("dtype", dtype_params())
-@pytest.mark.parametrize("grid,window,heads,head_dim,layout,path", LOCAL_CASES)
-def test_local_attention_paths(grid, window, heads, head_dim, layout, path, dtype, poison_empty):
-    if not isinstance(path, str):
-        path = path[dtype == torch.float32]
-    assert local_path(window, head_dim, dtype) == path
+def check_local(grid, window, heads, head_dim, dtype, layout):
+    """local_attention on the triton backend: output and q/k/v gradients against float64."""
     N = math.prod(grid)
     q, k, v = attention_inputs(1, N, N, heads, head_dim, dtype, DEVICE, layout)
     dout = torch.randn(1, N, heads, head_dim, dtype=dtype, device=DEVICE)
@@ -81,18 +77,20 @@ def test_local_attention_paths(grid, window, heads, head_dim, layout, path, dtyp
     )
 
 
+@pytest.mark.parametrize("dtype", dtype_params())
+@pytest.mark.parametrize("grid,window,heads,head_dim,layout,path", LOCAL_CASES)
+def test_local_attention_paths(grid, window, heads, head_dim, layout, path, dtype, poison_empty):
+    if not isinstance(path, str):
+        path = path[dtype == torch.float32]
+    assert local_path(window, head_dim, dtype) == path
+    check_local(grid, window, heads, head_dim, dtype, layout)
+
+
 def test_local_attention_window_of_1024_tokens(poison_empty):
     """A 4 x 16 x 16 window is eight key tiles; the grid's last column makes 64-token border windows."""
     grid, window = (4, 16, 17), (4, 16, 16)
     assert math.prod(window) >= 1024 and local_path(window, 16, torch.float32) == "multi-tile"
-    N = math.prod(grid)
-    q, k, v = attention_inputs(1, N, N, 1, 16, torch.float32, DEVICE, "packed")
-    dout = torch.randn(1, N, 1, 16, device=DEVICE)
-    check_op(
-        lambda q, k, v: local_attention(q, k, v, grid, window, backend="triton"),
-        lambda q, k, v: reference.local_attention(q, k, v, grid, window),
-        (q, k, v), dout, torch.float32, ("out", "dq", "dk", "dv"),
-    )
+    check_local(grid, window, 1, 16, torch.float32, "packed")
 
 
 @pytest.mark.parametrize("grid,window", [((3, 5, 7), (1, 2, 3)), ((5, 6, 7), (2, 4, 5)), ((2, 12, 13), (2, 12, 12))])
@@ -113,14 +111,7 @@ def test_local_small_query_tiles(monkeypatch, poison_empty):
     for kernel in AUTOTUNED[:3]:
         monkeypatch.setattr(kernel, "configs", small)
     for grid, window in (((3, 5, 7), (1, 2, 3)), ((2, 6, 7), (2, 5, 5)), ((2, 12, 13), (2, 12, 12))):
-        N = math.prod(grid)
-        q, k, v = attention_inputs(1, N, N, 1, 16, torch.float32, DEVICE, "packed")
-        dout = torch.randn(1, N, 1, 16, device=DEVICE)
-        check_op(
-            lambda q, k, v: local_attention(q, k, v, grid, window, backend="triton"),
-            lambda q, k, v: reference.local_attention(q, k, v, grid, window),
-            (q, k, v), dout, torch.float32, ("out", "dq", "dk", "dv"),
-        )
+        check_local(grid, window, 1, 16, torch.float32, "packed")
 
 
 def test_local_backward_reads_stride0_gradients_in_place(poison_empty):
