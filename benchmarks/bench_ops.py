@@ -6,8 +6,10 @@ is first checked against the float64 PyTorch reference (output and gradients), t
 backward and forward+backward: median with 20/80 percentiles, achieved TFLOP/s (FLOPs from
 `logo_attn.flops`, the formulas the ops register; for the layer, FlopCounterMode's count of the same
 layer), achieved GB/s (each input read once, each output written once), the fraction of the device's
-roofline where it is known (DESIGN §7), and peak memory. `t/t_op` is a row's median over the median
-of the first implementation (the op on the first backend) in the same run: above 1, the op is faster.
+roofline where it is known (DESIGN §7), and peak memory. `t/t_op` compares a row with the first
+implementation (the op on the first backend) in the same run: above 1, the op is faster. On CPU the
+implementations of a case are timed in alternating rounds and `t/t_op` is the median of the
+per-round ratios, so a change in the machine's load during the run does not favour one of them.
 
     python benchmarks/bench_ops.py                       # CPU preset: issue #4 shape, fp32, 2 threads
     python benchmarks/bench_ops.py --preset gpu          # bf16, B=32, grids 16x7x7 and 16x14x14
@@ -37,7 +39,7 @@ from benchmarks import peers
 from benchmarks.counting import count_flops
 from benchmarks.environment import ROOT, Roofline, device_tag, environment, header_line, roofline_for
 from benchmarks.results import table, write_results
-from benchmarks.timing import measure, peak_memory
+from benchmarks.timing import measure_many, paired_ratio, peak_memory
 from logo_attn import backends
 from logo_attn.flops import attention_flops, local_attention_pairs
 from logo_attn.ops import clip_window
@@ -221,8 +223,12 @@ def layer_case(args, grid, backend_names, peer_names, device, dtype) -> Case:
 
 
 def relative_error(x: Tensor, ref: Tensor) -> float:
+    """||x - ref|| / ||ref||, with ||ref|| floored at an RMS of 0.1. Inputs and output gradients are
+    unit-variance normal; some gradients are exactly zero (q and k when there is a single key), and
+    rounding noise over zero is not a relative error."""
     ref = ref.detach().double()
-    return float((x.detach().double() - ref).norm() / ref.norm().clamp_min(1e-30))
+    floor = 0.1 * max(ref.numel(), 1) ** 0.5
+    return float((x.detach().double() - ref).norm() / ref.norm().clamp_min(floor))
 
 
 def forward_backward(impl: Impl, dout: Tensor | None) -> tuple[Tensor, tuple[Tensor, ...]]:
@@ -254,40 +260,43 @@ def mode_fn(impl: Impl, mode: str, dout: Tensor) -> Callable[[], object]:
 
 def run_case(case: Case, modes: Sequence[str], device, dtype, threads: int, min_run_time: float,
              roof: Roofline | None) -> list[dict]:
+    """Check every implementation, then time those that passed, mode by mode (interleaved on CPU)."""
     torch.manual_seed(1)
     reference_out = case.reference.fn()
     dout64 = torch.randn_like(reference_out)
     expected = (reference_out, torch.autograd.grad(reference_out, case.reference.leaves, dout64))
     dout = dout64.to(dtype)
-    rows, base = [], {}
+    rows = {}
     for impl in case.impls:
         try:
             error, status = check(impl, expected, dout64, CHECK_TOLERANCE[dtype]), "ok"
         except Exception as exc:  # noqa: BLE001  (a failing implementation becomes a row, not a crash)
             error, status = None, f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
         for mode in modes:
-            row = dict(op=case.op, impl=impl.name, mode=mode, **case.shape, dtype=str(dtype).removeprefix("torch."),
-                       status=status, check_rel_err=error, median_ms=None, p20_ms=None, p80_ms=None, samples=None,
-                       tflops=None, gbps=None, roofline_pct=None, peak_mib=None, t_over_t_op=None)
-            if status == "ok" and mode != "fwd" and impl.no_backward:
-                row["status"] = f"n/a: {impl.no_backward}"
-            if row["status"] == "ok":
-                fn = mode_fn(impl, mode, dout)
-                timing = measure(fn, device, threads=threads, min_run_time=min_run_time)
-                flops, moved = case.flops[mode], case.bytes[mode]
-                row.update(median_ms=timing.median * 1e3, p20_ms=timing.p20 * 1e3, p80_ms=timing.p80 * 1e3,
-                           samples=timing.samples, peak_mib=peak_memory(fn, device) / 2**20)
-                if flops:
-                    row["tflops"] = flops / timing.median / 1e12
-                if moved:
-                    row["gbps"] = moved / timing.median / 1e9
-                if roof and dtype in (torch.float16, torch.bfloat16):
-                    floor = max((flops or 0) / roof.half_flops, (moved or 0) / roof.bandwidth)
-                    row["roofline_pct"] = 100 * floor / timing.median
-                base.setdefault(mode, timing.median)
-                row["t_over_t_op"] = timing.median / base[mode]
-            rows.append(row)
-    return rows
+            rows[impl.name, mode] = dict(
+                op=case.op, impl=impl.name, mode=mode, **case.shape, dtype=str(dtype).removeprefix("torch."),
+                status=f"n/a: {impl.no_backward}" if status == "ok" and mode != "fwd" and impl.no_backward else status,
+                check_rel_err=error, median_ms=None, p20_ms=None, p80_ms=None, samples=None, tflops=None, gbps=None,
+                roofline_pct=None, peak_mib=None, t_over_t_op=None)
+    for mode in modes:
+        runnable = [impl for impl in case.impls if rows[impl.name, mode]["status"] == "ok"]
+        fns = [mode_fn(impl, mode, dout) for impl in runnable]
+        timings = measure_many(fns, device, threads=threads, min_run_time=min_run_time)
+        flops, moved = case.flops[mode], case.bytes[mode]
+        for impl, fn, timing in zip(runnable, fns, timings):
+            row = rows[impl.name, mode]
+            row.update(median_ms=timing.median * 1e3, p20_ms=timing.p20 * 1e3, p80_ms=timing.p80 * 1e3,
+                       samples=timing.samples, peak_mib=peak_memory(fn, device) / 2**20,
+                       t_over_t_op=paired_ratio(timing, timings[0]))
+            if flops:
+                row["tflops"] = flops / timing.median / 1e12
+            if moved:
+                row["gbps"] = moved / timing.median / 1e9
+            if roof and dtype in (torch.float16, torch.bfloat16):
+                floor = max((flops or 0) / roof.half_flops, (moved or 0) / roof.bandwidth)
+                row["roofline_pct"] = 100 * floor / timing.median
+        del fns  # the backward mode's retained graphs
+    return list(rows.values())
 
 
 def default_backends(device: torch.device) -> list[str]:
@@ -373,7 +382,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
 def print_rows(rows: Sequence[dict]) -> None:
     first = rows[0]
     shape = ", ".join(f"{k}={first[k]}" for k in ("batch", "grid", "window", "heads", "head_dim", "keys") if first[k])
-    print(f"\n{first['op']} ({shape}, {first['dtype']}); t/t_op = median / median of {first['impl']} (>1: op faster)")
+    print(f"\n{first['op']} ({shape}, {first['dtype']}); t/t_op = time / time of {first['impl']} in the same run "
+          "(>1: op faster)")
     cells = [
         [r["impl"], r["mode"], r["median_ms"], f"{r['p20_ms']:.3g}-{r['p80_ms']:.3g}" if r["p20_ms"] else None,
          r["t_over_t_op"], r["tflops"], r["gbps"], r["roofline_pct"], r["peak_mib"],

@@ -177,18 +177,31 @@ def slope(tokens: Sequence[float], values: Sequence[float]) -> float | None:
     return float(np.polyfit(n, v, 1)[0])
 
 
+def relation(logo: int, divided: int) -> str:
+    return "cheaper" if logo < divided else "equal" if logo == divided else "dearer"
+
+
 def crossovers(family: Family, window, prefix: int, limit: int) -> list[dict]:
-    """Where along `family` (its axis from 1 to `limit`) LOGO's exact pairs cross divided attention's."""
+    """Where along `family` (its axis from 1 to `limit`) LOGO's exact pairs become cheaper than, equal to or
+    dearer than divided attention's; the first entry is the relation at the start of the family."""
     changes, previous = [], None
     for value in range(1, limit + 1):
         grid = family.grid(value)
-        logo = attention_pairs("logo", grid, clip_window(grid, window), prefix)
-        cheaper = logo < attention_pairs("divided", grid, None, prefix)
-        if previous is not None and cheaper != previous:
+        now = relation(attention_pairs("logo", grid, clip_window(grid, window), prefix),
+                       attention_pairs("divided", grid, None, prefix))
+        if now != previous:
             changes.append(dict(family=family.name, window="x".join(map(str, window)), grid="x".join(map(str, grid)),
-                                tokens=math.prod(grid), logo_cheaper_from_here=cheaper))
-        previous = cheaper
+                                tokens=math.prod(grid), logo_is=now))
+        previous = now
     return changes
+
+
+def describe_crossovers(found: Sequence[dict]) -> str:
+    """'dearer at 16x1x1; cheaper from 16x10x10 (N=1600)', eliding the middle of long alternations."""
+    parts = [f"{c['logo_is']} {'at' if i == 0 else 'from'} {c['grid']} (N={c['tokens']})" for i, c in enumerate(found)]
+    if len(parts) > 5:  # border windows along an axis the window does not divide make the relation alternate
+        parts = parts[:3] + [f"... {len(parts) - 5} more changes (border windows) ..."] + parts[-2:]
+    return "; ".join(parts)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -420,14 +433,12 @@ def report(rows, summary, args) -> None:
              for s in summary["slopes"]]
     print(table(cells, ["family", "scheme", "attention cost", "layer cost", "fwd time", "fwd+bwd time"]))
 
-    print("\nwhere LOGO's attended pairs cross divided attention's (exact, dense sweep of each family)")
+    print("\nLOGO's attended pairs against divided attention's along each family (exact, every integer size)")
     for family in FAMILIES:
         for window in args.windows:
             w = "x".join(map(str, window))
             found = [c for c in summary["crossovers"] if c["family"] == family.name and c["window"] == w]
-            text = "; ".join(f"{'cheaper' if c['logo_cheaper_from_here'] else 'dearer'} from {c['grid']} (N={c['tokens']})"
-                             for c in found) or "no crossing"
-            print(f"  {family.label}, window {w}: LOGO {text}")
+            print(f"  {family.label}, window {w}: LOGO {describe_crossovers(found)}")
     model = by_key.get(("logo", main_window, "x".join(map(str, MODEL_GRID))))
     divided = by_key.get(("divided", None, "x".join(map(str, MODEL_GRID))))
     if model and divided and main_window == "x".join(map(str, MODEL_WINDOW)):

@@ -21,7 +21,8 @@ import os
 import statistics
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 import torch.utils.benchmark as torch_benchmark
@@ -35,6 +36,7 @@ class Timing:
     p20: float
     p80: float
     samples: int
+    values: tuple[float, ...] = field(default=(), repr=False, compare=False)  # the samples themselves
 
 
 def _quantiles(values: list[float]) -> tuple[float, float, float]:
@@ -57,7 +59,35 @@ def time_cpu(fn: Callable[[], object], threads: int, min_run_time: float = 1.0, 
         per_call = timer.timeit(number).median
         samples.append(per_call)
         spent += per_call * number
-    return Timing(*_quantiles(samples), samples=len(samples))
+    return Timing(*_quantiles(samples), samples=len(samples), values=tuple(samples))
+
+
+def time_cpu_interleaved(fns: Sequence[Callable[[], object]], threads: int, min_run_time: float = 1.0,
+                         min_samples: int = 5, warmup: int = 2) -> list[Timing]:
+    """Time several callables in alternating rounds (A, B, C, A, B, C, ...), so that a change in the
+    machine's load during the run hits all of them alike; `min_run_time` is per callable."""
+    if not fns:
+        return []
+    timers = [torch_benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads) for fn in fns]
+    numbers = []
+    for timer in timers:
+        first = min(timer.timeit(1).median for _ in range(max(1, warmup)))
+        numbers.append(max(1, int(min_run_time / 10 / max(first, 1e-9))))
+    samples: list[list[float]] = [[] for _ in fns]
+    spent = 0.0
+    while len(samples[0]) < min_samples or spent < min_run_time * len(fns):
+        for timer, number, values in zip(timers, numbers, samples):
+            values.append(timer.timeit(number).median)
+            spent += values[-1] * number
+    return [Timing(*_quantiles(values), samples=len(values), values=tuple(values)) for values in samples]
+
+
+def paired_ratio(timing: Timing, base: Timing) -> float:
+    """Median over rounds of this callable's time over `base`'s in the same round (interleaved timings),
+    else the ratio of the medians."""
+    if timing.values and len(timing.values) == len(base.values):
+        return statistics.median(t / b for t, b in zip(timing.values, base.values))
+    return timing.median / base.median
 
 
 def time_cuda(fn: Callable[[], object], warmup_ms: float = 25, rep_ms: float = 100) -> Timing:
@@ -68,6 +98,14 @@ def time_cuda(fn: Callable[[], object], warmup_ms: float = 25, rep_ms: float = 1
     median, p20, p80 = do_bench(fn, warmup=warmup_ms, rep=rep_ms, quantiles=[0.5, 0.2, 0.8])
     samples = max(1, int(rep_ms / max(median, 1e-6)))
     return Timing(median / 1e3, p20 / 1e3, p80 / 1e3, samples=samples)
+
+
+def measure_many(fns: Sequence[Callable[[], object]], device: torch.device, *, threads: int,
+                 min_run_time: float = 1.0) -> list[Timing]:
+    """Time each callable: on CPU interleaved (`time_cpu_interleaved`), on CUDA one after the other."""
+    if device.type == "cuda":
+        return [time_cuda(fn, rep_ms=max(100.0, min_run_time * 1e3 / 4)) for fn in fns]
+    return time_cpu_interleaved(fns, threads, min_run_time=min_run_time)
 
 
 def measure(fn: Callable[[], object], device: torch.device, *, threads: int, min_run_time: float = 1.0,
