@@ -118,10 +118,28 @@ def _device_problem(backend: str, device_type: str) -> str | None:
     if wanted is None or wanted == device_type:
         return None
     if backend == "triton" and device_type == "cpu":
-        if triton_interpreted():
-            return None
-        return "Triton runs on CPU tensors only under its interpreter: set TRITON_INTERPRET=1 before importing logo_attn"
+        if not triton_interpreted():
+            return "Triton runs on CPU tensors only under its interpreter: set TRITON_INTERPRET=1 before importing logo_attn"
+        return _interpreter_problem()
     return f"backend {backend!r} runs on {wanted} tensors, got {device_type} tensors"
+
+
+@functools.cache
+def _interpreter_problem() -> str | None:
+    """Triton <= 3.6's interpreter cannot run a loop with a runtime bound under NumPy >= 2.4
+    (triton-lang/triton#9171, fixed after 3.6); refuse rather than patch Triton."""
+    import numpy
+    import triton
+
+    def version(text: str) -> tuple[int, int]:
+        return tuple(int(part) for part in text.split(".")[:2])
+
+    if version(triton.__version__) <= (3, 6) and version(numpy.__version__) >= (2, 4):
+        return (
+            f"Triton {triton.__version__}'s interpreter fails with NumPy {numpy.__version__} "
+            "(triton-lang/triton#9171): install numpy<2.4 or a newer Triton"
+        )
+    return None
 
 
 def _input_problem(backend: str, device_type: str, dtype: torch.dtype, head_dim: int) -> str | None:
