@@ -7,7 +7,8 @@
    count one multiply-add as one FLOP (fvcore); FLOPs in the strict sense are twice these.
 2. Training step (unless --no-time): forward, cross-entropy, backward and an SGD step, median with
    20/80 percentiles and peak memory, per attention and clip size (112 px -> 16x7x7 tokens,
-   224 px -> 16x14x14), with each time's ratio to LOGO's in the same run. bf16 autocast on CUDA.
+   224 px -> 16x14x14), with each time's ratio to LOGO's in the same run (on CPU the attentions are
+   timed in alternating rounds and the ratio is the median of per-round ratios). bf16 autocast on CUDA.
 
     python benchmarks/bench_model.py --no-time                      # the cost table only (seconds)
     python benchmarks/bench_model.py --device cuda --batch 32 --sizes 112 224
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 from benchmarks.counting import count_flops
 from benchmarks.environment import ROOT, device_tag, environment, header_line
 from benchmarks.results import table, write_results
-from benchmarks.timing import measure, peak_memory
+from benchmarks.timing import measure_many, paired_ratio, peak_memory
 from logo_attn.flops import attention_macs, attention_pairs
 from logo_attn.model import ATTENTIONS, LOGOFormer
 
@@ -92,7 +93,8 @@ def print_model_table(rows: Sequence[dict]) -> None:
         print("counted attention MACs equal logo_attn.flops' analytic pairs x 2 x dim x depth in every row")
 
 
-def time_training_step(attention: str, img_size: int, args, device: torch.device) -> dict:
+def training_step(attention: str, img_size: int, args, device: torch.device):
+    """(model, step): one training step (forward, cross-entropy, backward, SGD) on a fixed random batch."""
     torch.manual_seed(args.seed)
     model = LOGOFormer(num_frames=args.frames, img_size=img_size, attention=attention, backend=args.backend,
                        embed_dim=args.embed_dim, depth=args.depth, num_heads=args.heads).to(device)
@@ -109,11 +111,24 @@ def time_training_step(attention: str, img_size: int, args, device: torch.device
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    timing = measure(step, device, threads=args.threads, min_run_time=args.min_run_time, min_samples=3, warmup=1)
-    return dict(attention=attention, img_size=img_size, grid="x".join(map(str, model.grid)), batch=args.batch,
-                dtype=args.dtype if device.type == "cuda" else "float32", step_ms=timing.median * 1e3,
-                p20_ms=timing.p20 * 1e3, p80_ms=timing.p80 * 1e3, samples=timing.samples,
-                peak_mib=peak_memory(step, device) / 2**20)
+    return model, step
+
+
+def time_training_steps(img_size: int, args, device: torch.device) -> list[dict]:
+    """Training steps of every attention at one clip size, timed in alternating rounds on CPU."""
+    built = [training_step(attention, img_size, args, device) for attention in args.attention]
+    timings = measure_many([step for _, step in built], device, threads=args.threads,
+                           min_run_time=args.min_run_time, min_samples=3, warmup=1)
+    logo = args.attention.index("logo") if "logo" in args.attention else None
+    rows = []
+    for attention, (model, step), timing in zip(args.attention, built, timings):
+        rows.append(dict(
+            attention=attention, img_size=img_size, grid="x".join(map(str, model.grid)), batch=args.batch,
+            dtype=args.dtype if device.type == "cuda" else "float32", step_ms=timing.median * 1e3,
+            p20_ms=timing.p20 * 1e3, p80_ms=timing.p80 * 1e3, samples=timing.samples,
+            t_over_t_logo=None if logo is None else paired_ratio(timing, timings[logo]),
+            peak_mib=peak_memory(step, device) / 2**20))
+    return rows
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -151,14 +166,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     steps = []
     if args.time:
         for size in args.sizes:
-            for attention in args.attention:
-                try:
-                    steps.append(time_training_step(attention, size, args, device))
-                except torch.OutOfMemoryError as error:
-                    steps.append(dict(attention=attention, img_size=size, status=f"out of memory: {error}"))
-                logo = next((s for s in steps if s["attention"] == "logo" and s["img_size"] == size), None)
-                if logo and "step_ms" in steps[-1]:
-                    steps[-1]["t_over_t_logo"] = steps[-1]["step_ms"] / logo["step_ms"]
+            try:
+                steps += time_training_steps(size, args, device)
+            except torch.OutOfMemoryError as error:
+                steps += [dict(attention=a, img_size=size, status=f"out of memory: {str(error).splitlines()[0]}")
+                          for a in args.attention]
         print(f"\ntraining step (forward, cross-entropy, backward, SGD), batch {args.batch}")
         print(table([[s["attention"], s["img_size"], s.get("grid"), s.get("step_ms"),
                       f"{s['p20_ms']:.4g}-{s['p80_ms']:.4g}" if "p20_ms" in s else None, s.get("t_over_t_logo"),

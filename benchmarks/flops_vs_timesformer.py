@@ -44,7 +44,7 @@ from benchmarks import bench_model, schemes
 from benchmarks.counting import count_flops
 from benchmarks.environment import ROOT, device_tag, environment, header_line
 from benchmarks.results import fmt, table, write_results
-from benchmarks.timing import measure, peak_memory
+from benchmarks.timing import measure_many, peak_memory
 from logo_attn import backends
 from logo_attn.flops import SCHEMES, attention_macs, attention_pairs, paper_attention_pairs
 from logo_attn.ops import clip_window
@@ -130,8 +130,8 @@ def counted_flops(scheme: str, grid, window, args) -> dict[str, int]:
 # --------------------------------------------------------------------------------------------------
 
 
-def time_scheme(scheme: str, grid, window, args, device, dtype) -> dict:
-    """fwd and fwd+bwd medians (ms, with p20/p80) and fwd+bwd peak memory of one layer, batch `args.batch`."""
+def layer_calls(scheme: str, grid, window, args, device, dtype):
+    """(fwd, fwdbwd) callables of one scheme's layer on a batch of `args.batch` clips."""
     torch.manual_seed(args.seed)
     window = clip_window(grid, window) if window else None
     layer = schemes.build(scheme, args.dim, args.heads, window, args.prefix, backend=args.backend).to(device, dtype)
@@ -145,17 +145,34 @@ def time_scheme(scheme: str, grid, window, args, device, dtype) -> dict:
     def fwdbwd():
         return torch.autograd.grad(layer(x, grid), leaves, dout)
 
-    def memory():
-        return {"fwdbwd_peak_mib": peak_memory(fwdbwd, device) / 2**20}
+    return fwd, fwdbwd
 
-    # On CPU the memory run doubles as the warm-up of both modes (fwd+bwd runs the forward too); on
-    # CUDA it comes last, so that compilation and autotuning buffers of first calls stay out of it.
-    result = memory() if device.type == "cpu" else {}
-    for mode, fn in (("fwd", fwd), ("fwdbwd", fwdbwd)):
-        timing = measure(fn, device, threads=args.threads, min_run_time=args.min_run_time, min_samples=3, warmup=0)
-        result.update({f"{mode}_ms": timing.median * 1e3, f"{mode}_p20_ms": timing.p20 * 1e3,
-                       f"{mode}_p80_ms": timing.p80 * 1e3})
-    return result if device.type == "cpu" else {**result, **memory()}
+
+def time_grid(points, args, device, dtype) -> list[dict]:
+    """fwd and fwd+bwd times (ms, median and p20/p80) and fwd+bwd peak memory of the schemes of one grid.
+
+    On CPU the schemes are timed in alternating rounds (`benchmarks.timing.measure_many`), so a change
+    in the machine's load hits them alike, and the memory run doubles as the warm-up; on CUDA memory
+    is measured last, so that compilation and autotuning buffers of first calls stay out of it.
+    """
+    calls = [layer_calls(scheme, grid, window, args, device, dtype) for scheme, grid, window in points]
+    results = [{} for _ in points]
+
+    def memory():
+        for result, (_, fwdbwd) in zip(results, calls):
+            result["fwdbwd_peak_mib"] = peak_memory(fwdbwd, device) / 2**20
+
+    if device.type == "cpu":
+        memory()
+    for index, mode in enumerate(("fwd", "fwdbwd")):
+        timings = measure_many([c[index] for c in calls], device, threads=args.threads,
+                               min_run_time=args.min_run_time, min_samples=3, warmup=0)
+        for result, timing in zip(results, timings):
+            result.update({f"{mode}_ms": timing.median * 1e3, f"{mode}_p20_ms": timing.p20 * 1e3,
+                           f"{mode}_p80_ms": timing.p80 * 1e3})
+    if device.type == "cuda":
+        memory()
+    return results
 
 
 def timed_gflop(row: dict, batch: int) -> float:
@@ -359,15 +376,20 @@ def main(argv: Sequence[str] | None = None) -> dict:
     points = sweep_points(args)
     rows = [scheme_cost(scheme, grid, window, args) for scheme, grid, window in points]
     if args.time:
-        for row, (scheme, grid, window) in zip(progress(rows, desc="timing", unit="layer"), points):
+        by_grid: dict[tuple, list[int]] = {}
+        for index, (row, (scheme, grid, window)) in enumerate(zip(rows, points)):
             row.update(backend=logo_backend if scheme == "logo" else "sdpa", timed_gflop=timed_gflop(row, args.batch))
             if row["timed_gflop"] > args.max_gflop:
                 row["status"] = f"untimed: {row['timed_gflop']:.3g} GFLOP > --max-gflop {args.max_gflop:g}"
-                continue
+            else:
+                by_grid.setdefault(grid, []).append(index)
+        for indices in progress(list(by_grid.values()), desc="timing", unit="grid"):
             try:
-                row.update(time_scheme(scheme, grid, window, args, device, dtype), status="ok")
+                for index, result in zip(indices, time_grid([points[i] for i in indices], args, device, dtype)):
+                    rows[index].update(result, status="ok")
             except torch.OutOfMemoryError as error:
-                row["status"] = f"out of memory: {str(error).splitlines()[0]}"
+                for index in indices:
+                    rows[index]["status"] = f"out of memory: {str(error).splitlines()[0]}"
 
     slopes = fit_slopes(rows, args)
     crossings = [c for window in args.windows for family in FAMILIES

@@ -69,10 +69,11 @@ def time_cpu_interleaved(fns: Sequence[Callable[[], object]], threads: int, min_
     if not fns:
         return []
     timers = [torch_benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads) for fn in fns]
-    numbers = []
-    for timer in timers:
-        first = min(timer.timeit(1).median for _ in range(max(1, warmup)))
-        numbers.append(max(1, int(min_run_time / 10 / max(first, 1e-9))))
+    numbers = [1] * len(fns)  # warmup=0: the caller warmed them up; one call per sample
+    if warmup:
+        for i, timer in enumerate(timers):
+            first = min(timer.timeit(1).median for _ in range(warmup))
+            numbers[i] = max(1, int(min_run_time / 10 / max(first, 1e-9)))
     samples: list[list[float]] = [[] for _ in fns]
     spent = 0.0
     while len(samples[0]) < min_samples or spent < min_run_time * len(fns):
@@ -101,11 +102,11 @@ def time_cuda(fn: Callable[[], object], warmup_ms: float = 25, rep_ms: float = 1
 
 
 def measure_many(fns: Sequence[Callable[[], object]], device: torch.device, *, threads: int,
-                 min_run_time: float = 1.0) -> list[Timing]:
+                 min_run_time: float = 1.0, min_samples: int = 5, warmup: int = 2) -> list[Timing]:
     """Time each callable: on CPU interleaved (`time_cpu_interleaved`), on CUDA one after the other."""
     if device.type == "cuda":
         return [time_cuda(fn, rep_ms=max(100.0, min_run_time * 1e3 / 4)) for fn in fns]
-    return time_cpu_interleaved(fns, threads, min_run_time=min_run_time)
+    return time_cpu_interleaved(fns, threads, min_run_time=min_run_time, min_samples=min_samples, warmup=warmup)
 
 
 def measure(fn: Callable[[], object], device: torch.device, *, threads: int, min_run_time: float = 1.0,

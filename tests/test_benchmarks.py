@@ -223,3 +223,28 @@ def test_crossovers_are_real_changes():
         size = int(change["grid"].split("x")[1])
         assert relation(size) == change["logo_is"] != relation(size - 1)
     assert "cheaper from 16x10x10 (N=1600)" in flops_vs_timesformer.describe_crossovers(found)
+
+
+def test_bench_model_table_and_training_step(tmp_path):
+    from benchmarks import bench_model
+
+    result = bench_model.main([
+        "--device", "cpu", "--frames", "2", "--sizes", "32", "--embed-dim", "32", "--depth", "1", "--heads", "2",
+        "--batch", "1", "--min-run-time", "0.01", "--threads", "1", "--out", str(tmp_path / "model"),
+    ])
+    costs, steps = result["costs"], result["steps"]
+    assert {c["attention"] for c in costs} == {"logo", "full", "divided", "spatial"}
+    for cost in costs:
+        assert cost["attention_gmacs"] == pytest.approx(cost["analytic_attention_gmacs"], rel=1e-12)
+        assert cost["gmacs"] == pytest.approx(cost["trunk_gmacs"] + cost["linear_gmacs"] + cost["attention_gmacs"])
+    assert [s["attention"] for s in steps] == ["logo", "full", "divided", "spatial"]
+    assert all(s["step_ms"] > 0 and s["peak_mib"] > 0 and s["samples"] >= 3 for s in steps)
+    assert steps[0]["t_over_t_logo"] == 1.0
+
+
+def test_paper_numbers_only_for_the_papers_input():
+    from benchmarks import bench_model
+
+    assert bench_model.paper_row("logo", 16, 112) == ("LOGO-Former", 10.27)
+    assert bench_model.paper_row("divided", 16, 112)[1] == 25.16
+    assert bench_model.paper_row("logo", 16, 224) == (None, None)
