@@ -64,9 +64,8 @@ template <typename A> struct AttnWorkspace {
   int64_t keys_padded, dim_padded, block;
   std::unique_ptr<A[], void (*)(A*)> storage{nullptr, [](A* p) { ::operator delete[](p, std::align_val_t(64)); }};
   A *kt, *k, *vt, *v, *dk, *dv;  // key-side panels: Kᵀ, K, Vᵀ (d x keys_padded), V, dK, dV (keys x dim_padded)
-  A *q, *dout, *out;             // block x dim_padded: scaled Q, dO, and O or dQ before the final store
+  A *q, *dout, *out;             // block x dim_padded: scaled Q, dO, and O or dQ before their store
   A *s, *ds;                     // block x keys_padded: scores / probabilities, their gradients
-  A *t;                          // keys x block: Pᵀ or dSᵀ, the left operand of dV and dK
   A* row;                        // block: 1 / row sum (forward) or rowsum(dO * O) (backward)
 
   AttnWorkspace(int64_t max_keys, int64_t head_dim) {
@@ -74,35 +73,41 @@ template <typename A> struct AttnWorkspace {
     dim_padded = pad_to_vectors<A>(head_dim);
     block = query_block(max_keys);
     const int64_t key_panel = keys_padded * dim_padded, q_panel = block * dim_padded;
-    const int64_t score_panel = block * keys_padded, t_panel = keys_padded * block;
-    const int64_t total = 6 * key_panel + 3 * q_panel + 2 * score_panel + t_panel + pad_to_vectors<A>(block);
+    const int64_t score_panel = block * keys_padded;
+    const int64_t total = 6 * key_panel + 3 * q_panel + 2 * score_panel + pad_to_vectors<A>(block);
     A* p = static_cast<A*>(::operator new[](sizeof(A) * total, std::align_val_t(64)));
     std::fill(p, p + total, A(0));  // padding columns are read as zeros by the products
     storage.reset(p);
     for (A** panel : {&kt, &k, &vt, &v, &dk, &dv}) *panel = p, p += key_panel;
     for (A** panel : {&q, &dout, &out}) *panel = p, p += q_panel;
     for (A** panel : {&s, &ds}) *panel = p, p += score_panel;
-    t = p, p += t_panel;
     row = p;
   }
 };
 
-// dst[i][c] = scale * src.row(ids[i])[c] for c < d; the padding columns beyond d stay zero.
+// dst[i][c] = scale * src.row(ids[i])[c] for c < d, and 0 for the padding columns up to ld.
 template <typename T, typename A>
 LOGO_INLINE void pack_rows(Rows<const T> src, const int64_t* ids, int64_t n, int64_t d, A* dst, int64_t ld, A scale) {
   for (int64_t i = 0; i < n; ++i) {
     const T* s = src.row(ids[i]);
     A* o = dst + i * ld;
     for (int64_t c = 0; c < d; ++c) o[c] = to_acc(s[c]) * scale;
+    std::fill(o + d, o + ld, A(0));
   }
 }
 
-// dst[c][i] = src.row(ids[i])[c]: the transposed panel (d x ld); columns n..ld stay zero.
+// dst[c][i] = src.row(ids[i])[c]: the transposed panel (d x ld), columns n..ld zero. Eight source
+// rows at a time, so each panel row gets 8 consecutive values per store instead of scattered ones.
 template <typename T, typename A>
 LOGO_INLINE void pack_columns(Rows<const T> src, const int64_t* ids, int64_t n, int64_t d, A* dst, int64_t ld) {
-  for (int64_t i = 0; i < n; ++i) {
-    const T* s = src.row(ids[i]);
-    for (int64_t c = 0; c < d; ++c) dst[c * ld + i] = to_acc(s[c]);
+  constexpr int kRows = 8;
+  for (int64_t i0 = 0; i0 < n; i0 += kRows) {
+    const T* rows[kRows];
+    for (int r = 0; r < kRows; ++r) rows[r] = src.row(ids[std::min(i0 + r, n - 1)]);  // tail: repeat the last
+    for (int64_t c = 0; c < d; ++c) {
+      A* o = dst + c * ld + i0;  // ld is a multiple of 16: the tail's extra values stay in the padding
+      for (int r = 0; r < kRows; ++r) o[r] = to_acc(rows[r][c]);
+    }
   }
   for (int64_t c = 0; c < d; ++c) std::fill(dst + c * ld + n, dst + (c + 1) * ld, A(0));
 }
@@ -117,13 +122,6 @@ LOGO_INLINE void store_rows(const A* src, int64_t ld, int64_t n, int64_t d, Rows
     const A f = row_scale ? scale * row_scale[i] : scale;
     for (int64_t c = 0; c < d; ++c) o[c] = from_acc<T>(s[c] * f);
   }
-}
-
-// dst[c][r] = src[r][c] for r < rows, c < cols.
-template <typename A>
-LOGO_INLINE void transpose(const A* src, int64_t rows, int64_t cols, int64_t lds, A* dst, int64_t ldd) {
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
 }
 
 // Scores of rows [0, m) of S (keys in [0, n), padding up to ld): padding set to -inf, which the
@@ -145,7 +143,7 @@ LOGO_INLINE void attention_fwd_tile(Rows<const T> q, Rows<const T> k, Rows<const
     const int64_t m = std::min(ws.block, n_q - q0);
     const int64_t* ids = qids + q0;
     pack_rows(q, ids, m, d, ws.q, dp, scale);
-    matmul<A, VB>(m, np, d, ws.q, dp, ws.kt, np, ws.s, np, false);
+    matmul<A, VB>(m, np, d, ws.q, dp, 1, ws.kt, np, ws.s, np, false);
     mask_padding(ws.s, m, n_k, np);
     for (int64_t i = 0; i < m; ++i) {
       A* s = ws.s + i * np;
@@ -156,7 +154,7 @@ LOGO_INLINE void attention_fwd_tile(Rows<const T> q, Rows<const T> k, Rows<const
       ws.row[i] = A(1) / sum;
       next.fetch(q0 + i);
     }
-    matmul<A, VB>(m, dp, n_k, ws.s, np, ws.v, dp, ws.out, dp, false);
+    matmul<A, VB>(m, dp, n_k, ws.s, np, 1, ws.v, dp, ws.out, dp, false);
     store_rows(ws.out, dp, m, d, out, ids, A(1), ws.row);
   }
   for (int64_t i = n_q; i < next.n; ++i) next.fetch(i);
@@ -165,46 +163,40 @@ LOGO_INLINE void attention_fwd_tile(Rows<const T> q, Rows<const T> k, Rows<const
 // Backward: dq rows qids, and dK, dV of keys kids summed over these queries into ws.dk / ws.dv
 // (n_k x dim_padded, in the accumulation type) for the caller to store or reduce.
 //   P = exp(S - lse), dV = Pᵀ dO, dS = P * (dO Vᵀ - rowsum(dO * O)), dQ = scale dS K, dK = scale dSᵀ Q
+// The forward output is not needed: every key of a query is in its row of P, so
+// rowsum(dO * O) = rowsum(P * dO Vᵀ) is computed from what backward has anyway.
 template <int VB, typename T>
 LOGO_INLINE void attention_bwd_tile(Rows<const T> dout, Rows<const T> q, Rows<const T> k, Rows<const T> v,
-                                    Rows<const T> out, const acc_t<T>* lse, Rows<T> dq, const int64_t* qids,
+                                    const acc_t<T>* lse, Rows<T> dq, const int64_t* qids,
                                     int64_t n_q, const int64_t* kids, int64_t n_k, int64_t d, acc_t<T> scale,
                                     AttnWorkspace<acc_t<T>>& ws, const NextRows& next) {
   using A = acc_t<T>;
-  const int64_t np = pad_to_vectors<A>(n_k), dp = ws.dim_padded, tb = ws.block;
+  const int64_t np = pad_to_vectors<A>(n_k), dp = ws.dim_padded;
   pack_columns(k, kids, n_k, d, ws.kt, np);
   pack_rows(k, kids, n_k, d, ws.k, dp, A(1));
   pack_columns(v, kids, n_k, d, ws.vt, np);
-  for (int64_t q0 = 0; q0 < n_q; q0 += tb) {
-    const int64_t m = std::min(tb, n_q - q0);
+  for (int64_t q0 = 0; q0 < n_q; q0 += ws.block) {
+    const int64_t m = std::min(ws.block, n_q - q0);
     const int64_t* ids = qids + q0;
     pack_rows(q, ids, m, d, ws.q, dp, scale);  // scaled: S = (scale Q) Kᵀ and dK = dSᵀ (scale Q)
     pack_rows(dout, ids, m, d, ws.dout, dp, A(1));
-    for (int64_t i = 0; i < m; ++i) {
-      const T* o = out.row(ids[i]);
-      const A* g = ws.dout + i * dp;
-      A dot = 0;
-      for (int64_t c = 0; c < d; ++c) dot += g[c] * to_acc(o[c]);
-      ws.row[i] = dot;
-      next.fetch(q0 + i);
-    }
-    matmul<A, VB>(m, np, d, ws.q, dp, ws.kt, np, ws.s, np, false);
+    matmul<A, VB>(m, np, d, ws.q, dp, 1, ws.kt, np, ws.s, np, false);
     mask_padding(ws.s, m, n_k, np);
-    for (int64_t i = 0; i < m; ++i) exp_inplace<A, VB>(ws.s + i * np, np, lse[ids[i]]);
-    matmul<A, VB>(m, np, d, ws.dout, dp, ws.vt, np, ws.ds, np, false);
+    matmul<A, VB>(m, np, d, ws.dout, dp, 1, ws.vt, np, ws.ds, np, false);
     for (int64_t i = 0; i < m; ++i) {
+      A* p = ws.s + i * np;
       A* g = ws.ds + i * np;
-      const A* p = ws.s + i * np;
-      const vec<A, VB> delta = splat<A, VB>(ws.row[i]);
+      exp_inplace<A, VB>(p, np, lse[ids[i]]);
+      // rowsum(dO * O) = sum_j P_ij dP_ij, as O = P V: all keys are in this row, so `out` is not read.
+      const vec<A, VB> delta = splat<A, VB>(dot_of<A, VB>(p, g, np));
       for (int64_t j = 0; j < np; j += lanes<A, VB>)
         store<A, VB>(g + j, load<A, VB>(p + j) * (load<A, VB>(g + j) - delta));
+      next.fetch(q0 + i);
     }
     const bool accumulate = q0 > 0;
-    transpose(ws.s, m, n_k, np, ws.t, tb);
-    matmul<A, VB>(n_k, dp, m, ws.t, tb, ws.dout, dp, ws.dv, dp, accumulate);
-    transpose(ws.ds, m, n_k, np, ws.t, tb);
-    matmul<A, VB>(n_k, dp, m, ws.t, tb, ws.q, dp, ws.dk, dp, accumulate);
-    matmul<A, VB>(m, dp, n_k, ws.ds, np, ws.k, dp, ws.out, dp, false);
+    matmul<A, VB>(n_k, dp, m, ws.s, 1, np, ws.dout, dp, ws.dv, dp, accumulate);  // Pᵀ dO
+    matmul<A, VB>(n_k, dp, m, ws.ds, 1, np, ws.q, dp, ws.dk, dp, accumulate);    // dSᵀ (scale Q)
+    matmul<A, VB>(m, dp, n_k, ws.ds, np, 1, ws.k, dp, ws.out, dp, false);
     store_rows(ws.out, dp, m, d, dq, ids, scale, static_cast<const A*>(nullptr));
   }
   for (int64_t i = n_q; i < next.n; ++i) next.fetch(i);

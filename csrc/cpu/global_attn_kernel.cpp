@@ -75,9 +75,9 @@ template <int VB, typename T> LOGO_INLINE void global_bwd(const AttnArgs& a, int
   for (int64_t task = begin; task < end; ++task) {
     const QueryTask t = query_task(a, task, a.splits, 0);
     const int64_t b = t.b, h = t.h;
-    const NextRows next = next_rows<T>(a, ids, task + 1, end, a.splits, 0, {&a.dout, &a.q, &a.out}, {&a.dq});
+    const NextRows next = next_rows<T>(a, ids, task + 1, end, a.splits, 0, {&a.dout, &a.q}, {&a.dq});
     attention_bwd_tile<VB, T>(slice<const T>(a.dout, b, h), slice<const T>(a.q, b, h), slice<const T>(a.k, b, h),
-                              slice<const T>(a.v, b, h), slice<const T>(a.out, b, h), lse_slice<const A>(a, b, h),
+                              slice<const T>(a.v, b, h), lse_slice<const A>(a, b, h),
                               slice<T>(a.dq, b, h), ids.data() + t.q0, t.q1 - t.q0, ids.data(), n_k, d, A(a.scale), ws,
                               next);
     if (a.splits == 1) {

@@ -12,6 +12,9 @@
 
 namespace logo_attn::cpu {
 
+// Backward reads dout, q, k, v and lse, not the forward output: with all of a query's keys in one
+// task, rowsum(dO * O) = rowsum(P * dO Vᵀ) comes from what backward computes anyway.
+
 // Local attention: one task per (batch, window, head).
 int64_t local_attn_tasks(const AttnArgs& a);
 void local_attn_fwd(const AttnArgs& a, int64_t begin, int64_t end);

@@ -76,10 +76,10 @@ template <int VB, typename T> LOGO_INLINE void local_bwd(const AttnArgs& a, int6
   for (int64_t task = begin; task < end; ++task) {
     const LocalTasks::Task t = tasks.get(task);
     const NextRows next =
-        tasks.prefetch<T>(task + 1, end, {&a.dout, &a.q, &a.k, &a.v, &a.out}, {&a.dq, &a.dk, &a.dv});
+        tasks.prefetch<T>(task + 1, end, {&a.dout, &a.q, &a.k, &a.v}, {&a.dq, &a.dk, &a.dv});
     const int64_t b = t.b, h = t.h;
     attention_bwd_tile<VB, T>(slice<const T>(a.dout, b, h), slice<const T>(a.q, b, h), slice<const T>(a.k, b, h),
-                              slice<const T>(a.v, b, h), slice<const T>(a.out, b, h), lse_slice<const A>(a, b, h),
+                              slice<const T>(a.v, b, h), lse_slice<const A>(a, b, h),
                               slice<T>(a.dq, b, h), t.ids, t.n, t.ids, t.n, a.head_dim, A(a.scale), ws, next);
     store_rows(ws.dk, ws.dim_padded, t.n, a.head_dim, slice<T>(a.dk, b, h), t.ids, A(1), static_cast<A*>(nullptr));
     store_rows(ws.dv, ws.dim_padded, t.n, a.head_dim, slice<T>(a.dv, b, h), t.ids, A(1), static_cast<A*>(nullptr));

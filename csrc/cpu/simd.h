@@ -137,6 +137,12 @@ template <typename T, int VB> LOGO_INLINE T max_of(const T* x, int64_t n) {
   return horizontal_max<T, VB>(m);
 }
 
+template <typename T, int VB> LOGO_INLINE T dot_of(const T* x, const T* y, int64_t n) {
+  vec<T, VB> s{};
+  for (int64_t j = 0; j < n; j += lanes<T, VB>) s += load<T, VB>(x + j) * load<T, VB>(y + j);
+  return horizontal_sum<T, VB>(s);
+}
+
 template <typename T, int VB> LOGO_INLINE T sum_of(const T* x, int64_t n) {
   vec<T, VB> s{};
   for (int64_t j = 0; j < n; j += lanes<T, VB>) s += load<T, VB>(x + j);

@@ -1,7 +1,8 @@
 // C (+)= A @ B on small packed panels that live in cache: the only matrix product the CPU kernels use.
 //
-// A is M x K row-major (lda), B is K x N row-major (ldb), C is M x N row-major (ldc); N must be a
-// multiple of the vector lanes (panels are zero-padded to whole vectors). The register tile is
+// A is M x K with element (i, k) at A[i * ars + k * acs] (so Aᵀ of a row-major panel is just
+// ars = 1, acs = its row length: no transpose copy), B is K x N row-major (ldb), C is M x N
+// row-major (ldc); N must be a multiple of the vector lanes (panels are zero-padded to whole vectors). The register tile is
 // MR rows x NR vectors of C, held in registers over the whole K loop (the BLIS micro-kernel without
 // its packing, which the callers already did): 6 x 4 with 32 zmm registers, 4 x 3 with 16.
 #pragma once
@@ -12,8 +13,8 @@
 namespace logo_attn::cpu {
 
 template <typename T, int VB, int MR, int NR>
-LOGO_INLINE void gemm_micro(int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc,
-                            bool accumulate) {
+LOGO_INLINE void gemm_micro(int64_t K, const T* A, int64_t ars, int64_t acs, const T* B, int64_t ldb, T* C,
+                            int64_t ldc, bool accumulate) {
   using V = vec<T, VB>;
   constexpr int L = lanes<T, VB>;
   V c[MR][NR];
@@ -23,7 +24,7 @@ LOGO_INLINE void gemm_micro(int64_t K, const T* A, int64_t lda, const T* B, int6
     V b[NR];
     for (int j = 0; j < NR; ++j) b[j] = load<T, VB>(B + k * ldb + j * L);
     for (int i = 0; i < MR; ++i) {
-      const T a = A[i * lda + k];
+      const T a = A[i * ars + k * acs];
       for (int j = 0; j < NR; ++j) c[i][j] += a * b[j];
     }
   }
@@ -33,47 +34,48 @@ LOGO_INLINE void gemm_micro(int64_t K, const T* A, int64_t lda, const T* B, int6
 
 // All rows of one column strip of NR vectors: full MR-row tiles, then one smaller tile.
 template <typename T, int VB, int MR, int NR>
-LOGO_INLINE void gemm_strip(int64_t M, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
-                            int64_t ldc, bool accumulate) {
+LOGO_INLINE void gemm_strip(int64_t M, int64_t K, const T* A, int64_t ars, int64_t acs, const T* B, int64_t ldb,
+                            T* C, int64_t ldc, bool accumulate) {
   int64_t i = 0;
-  for (; i + MR <= M; i += MR) gemm_micro<T, VB, MR, NR>(K, A + i * lda, lda, B, ldb, C + i * ldc, ldc, accumulate);
-  const T* a = A + i * lda;
+  for (; i + MR <= M; i += MR)
+    gemm_micro<T, VB, MR, NR>(K, A + i * ars, ars, acs, B, ldb, C + i * ldc, ldc, accumulate);
+  const T* a = A + i * ars;
   T* c = C + i * ldc;
   switch (M - i) {
-    case 5: if constexpr (MR > 5) gemm_micro<T, VB, 5, NR>(K, a, lda, B, ldb, c, ldc, accumulate); break;
-    case 4: if constexpr (MR > 4) gemm_micro<T, VB, 4, NR>(K, a, lda, B, ldb, c, ldc, accumulate); break;
-    case 3: gemm_micro<T, VB, 3, NR>(K, a, lda, B, ldb, c, ldc, accumulate); break;
-    case 2: gemm_micro<T, VB, 2, NR>(K, a, lda, B, ldb, c, ldc, accumulate); break;
-    case 1: gemm_micro<T, VB, 1, NR>(K, a, lda, B, ldb, c, ldc, accumulate); break;
+    case 5: if constexpr (MR > 5) gemm_micro<T, VB, 5, NR>(K, a, ars, acs, B, ldb, c, ldc, accumulate); break;
+    case 4: if constexpr (MR > 4) gemm_micro<T, VB, 4, NR>(K, a, ars, acs, B, ldb, c, ldc, accumulate); break;
+    case 3: gemm_micro<T, VB, 3, NR>(K, a, ars, acs, B, ldb, c, ldc, accumulate); break;
+    case 2: gemm_micro<T, VB, 2, NR>(K, a, ars, acs, B, ldb, c, ldc, accumulate); break;
+    case 1: gemm_micro<T, VB, 1, NR>(K, a, ars, acs, B, ldb, c, ldc, accumulate); break;
     default: break;
   }
 }
 
 template <typename T, int VB>
-LOGO_INLINE void gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
-                      int64_t ldc, bool accumulate) {
+LOGO_INLINE void gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t ars, int64_t acs, const T* B, int64_t ldb,
+                      T* C, int64_t ldc, bool accumulate) {
   constexpr int L = lanes<T, VB>;
   constexpr int MR = VB == 64 ? 6 : 4;
   constexpr int NR = VB == 64 ? 4 : 3;
   const int64_t vectors = N / L;
   int64_t j = 0;
   for (; j + NR <= vectors; j += NR)
-    gemm_strip<T, VB, MR, NR>(M, K, A, lda, B + j * L, ldb, C + j * L, ldc, accumulate);
+    gemm_strip<T, VB, MR, NR>(M, K, A, ars, acs, B + j * L, ldb, C + j * L, ldc, accumulate);
   const T* b = B + j * L;
   T* c = C + j * L;
   switch (vectors - j) {
-    case 3: if constexpr (NR > 3) gemm_strip<T, VB, MR, 3>(M, K, A, lda, b, ldb, c, ldc, accumulate); break;
-    case 2: gemm_strip<T, VB, MR, 2>(M, K, A, lda, b, ldb, c, ldc, accumulate); break;
-    case 1: gemm_strip<T, VB, MR, 1>(M, K, A, lda, b, ldb, c, ldc, accumulate); break;
+    case 3: if constexpr (NR > 3) gemm_strip<T, VB, MR, 3>(M, K, A, ars, acs, b, ldb, c, ldc, accumulate); break;
+    case 2: gemm_strip<T, VB, MR, 2>(M, K, A, ars, acs, b, ldb, c, ldc, accumulate); break;
+    case 1: gemm_strip<T, VB, MR, 1>(M, K, A, ars, acs, b, ldb, c, ldc, accumulate); break;
     default: break;
   }
 }
 
 // One out-of-line instance per ISA, so the tile kernels that call it many times stay small.
 #define LOGO_ATTN_GEMM_PARAMS                                                                          \
-  int64_t M, int64_t N, int64_t K, const T *A, int64_t lda, const T *B, int64_t ldb, T *C, int64_t ldc, \
-      bool accumulate
-#define LOGO_ATTN_GEMM_ARGS M, N, K, A, lda, B, ldb, C, ldc, accumulate
+  int64_t M, int64_t N, int64_t K, const T *A, int64_t ars, int64_t acs, const T *B, int64_t ldb, T *C, \
+      int64_t ldc, bool accumulate
+#define LOGO_ATTN_GEMM_ARGS M, N, K, A, ars, acs, B, ldb, C, ldc, accumulate
 #ifdef LOGO_ATTN_X86_DISPATCH
 template <typename T> LOGO_ATTN_TARGET_AVX512 void gemm_avx512(LOGO_ATTN_GEMM_PARAMS) { gemm<T, 64>(LOGO_ATTN_GEMM_ARGS); }
 template <typename T> LOGO_ATTN_TARGET_AVX2 void gemm_avx2(LOGO_ATTN_GEMM_PARAMS) { gemm<T, 32>(LOGO_ATTN_GEMM_ARGS); }
