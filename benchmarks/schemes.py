@@ -8,11 +8,12 @@ no MLP (the MLP costs the same in every scheme). Full, spatial-only and divided 
 - spatial: attention inside each frame; the P prefix tokens are copied into every frame and their
   outputs averaged over frames (TimeSformer's treatment of CLS in spatial attention).
 - divided: TimeSformer's divided space-time attention: temporal attention of each spatial location
-  over the F frames (prefix tokens skip it) followed by TimeSformer's ``temporal_fc`` projection,
-  then spatial attention as above.
+  over the F frames (prefix tokens skip it), then spatial attention as above. TimeSformer's extra
+  ``temporal_fc`` projection is left out, as in `logo_attn.model.DividedAttentionBlock`, so that
+  "divided" means one thing in this project (and costs N * dim^2 MACs less than TimeSformer's).
 - logo: local window attention then global attention over the pooled windows (and prefix tokens).
 
-`projection_macs` gives each layer's linear-layer MACs (qkv, q, kv, output projections, temporal_fc),
+`projection_macs` gives each layer's linear-layer MACs (qkv, q, kv and output projections),
 the part of a layer's cost that the attention formulas of `logo_attn.flops` leave out.
 """
 
@@ -26,20 +27,7 @@ from torch import Tensor, nn
 
 from logo_attn import LocalGlobalAttention
 from logo_attn.flops import SCHEMES, pooled_windows
-
-
-class SelfAttention(nn.Module):
-    """timm-style multi-head self-attention on (batch, tokens, dim) through SDPA."""
-
-    def __init__(self, dim: int, num_heads: int) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        q, k, v = self.qkv(x).unflatten(-1, (3, self.num_heads, -1)).permute(2, 0, 3, 1, 4)
-        return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2))
+from logo_attn.model import SelfAttention  # the baselines' attention of LOGOFormer's skeleton
 
 
 class FullAttention(nn.Module):
@@ -75,7 +63,6 @@ class DividedAttention(nn.Module):
         self.num_prefix_tokens = num_prefix_tokens
         self.temporal_norm = nn.LayerNorm(dim)
         self.temporal_attn = SelfAttention(dim, num_heads)
-        self.temporal_fc = nn.Linear(dim, dim)
         self.spatial = SpatialAttention(dim, num_heads, num_prefix_tokens)
 
     def forward(self, x: Tensor, grid: Sequence[int]) -> Tensor:
@@ -84,7 +71,7 @@ class DividedAttention(nn.Module):
         x_grid = x[:, P:]
         # (B, F, HW, C) -> (B*HW, F, C): one sequence of F frames per spatial location
         series = x_grid.reshape(B, frames, height * width, C).transpose(1, 2).reshape(-1, frames, C)
-        temporal = self.temporal_fc(self.temporal_attn(self.temporal_norm(series)))
+        temporal = self.temporal_attn(self.temporal_norm(series))
         temporal = temporal.reshape(B, height * width, frames, C).transpose(1, 2).reshape(B, -1, C)
         return self.spatial(with_prefix(x[:, :P], x_grid + temporal), grid)
 
@@ -112,7 +99,7 @@ def projection_macs(scheme: str, grid: Sequence[int], window: Sequence[int] | No
     rows = {  # tokens passing through a dim x dim projection, per projection
         "full": 4 * (tokens + prefix),                   # qkv (3) + proj over all tokens
         "spatial": 4 * (tokens + frames * prefix),       # qkv + proj over every frame with its prefix copy
-        "divided": 5 * tokens + 4 * (tokens + frames * prefix),  # temporal qkv + proj + temporal_fc, then spatial
+        "divided": 4 * tokens + 4 * (tokens + frames * prefix),  # temporal qkv + proj, then spatial
     }
     if scheme == "logo":
         keys = pooled_windows(grid, window) + prefix

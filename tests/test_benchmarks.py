@@ -106,7 +106,7 @@ def test_counted_flops_on_real_tensors_equal_analytic(scheme, prefix):
     assert counted["other"] == 0
 
 
-def masked_attention(attn: schemes.SelfAttention, x, mask):
+def masked_attention(attn, x, mask):
     """`attn` over all tokens with an explicit mask: the definition the reshaping layers must match."""
     q, k, v = attn.qkv(x).unflatten(-1, (3, attn.num_heads, -1)).permute(2, 0, 3, 1, 4)
     out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
@@ -125,7 +125,7 @@ def test_divided_and_spatial_layers_equal_masked_attention():
     assert close(spatial(x, grid), expected)
 
     divided = schemes.build("divided", 16, 2).double()
-    y_ = x + divided.temporal_fc(masked_attention(divided.temporal_attn, divided.temporal_norm(x), same_place))
+    y_ = x + masked_attention(divided.temporal_attn, divided.temporal_norm(x), same_place)
     expected = y_ + masked_attention(divided.spatial.attn, divided.spatial.norm(y_), same_frame)
     assert close(divided(x, grid), expected)
 
