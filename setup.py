@@ -5,7 +5,7 @@ The CPU extension is built whenever torch is importable at build time (it is, wi
 found. Environment flags (1 = on):
   LOGO_ATTN_FORCE_CPP   fail instead of falling back to a pure-Python package when the C++ build is impossible
   LOGO_ATTN_SKIP_CPP    build no extension at all
-  LOGO_ATTN_FORCE_CUDA  build the CUDA kernels even without a CUDA torch check passing (needs nvcc)
+  LOGO_ATTN_FORCE_CUDA  fail instead of building without the CUDA kernels when torch has no CUDA or nvcc is missing
   LOGO_ATTN_SKIP_CUDA   never build the CUDA kernels
   LOGO_ATTN_CUDA_ARCHS  TORCH_CUDA_ARCH_LIST to compile for when it is not set (default "9.0")
 """
@@ -58,14 +58,14 @@ def extension_args() -> dict:
 
     if flag("LOGO_ATTN_SKIP_CUDA"):
         with_cuda, why = False, "LOGO_ATTN_SKIP_CUDA=1"
-    elif flag("LOGO_ATTN_FORCE_CUDA"):
-        with_cuda, why = True, "LOGO_ATTN_FORCE_CUDA=1"
     elif torch.version.cuda is None:
         with_cuda, why = False, "this torch has no CUDA"
     elif CUDA_HOME is None:
         with_cuda, why = False, "nvcc was not found (set CUDA_HOME)"
     else:
         with_cuda, why = bool(cuda), "torch has CUDA and nvcc is present"
+    if flag("LOGO_ATTN_FORCE_CUDA") and not with_cuda:
+        raise RuntimeError(f"LOGO_ATTN_FORCE_CUDA=1 but the CUDA kernels cannot be built: {why}")
     note(f"building logo_attn._C with{'' if with_cuda else 'out'} CUDA kernels: {why}")
 
     # -fopenmp: at::parallel_for is header-inline, so its `omp parallel` is compiled here; without

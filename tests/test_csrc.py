@@ -247,23 +247,22 @@ def test_raw_ops_reject_bad_arguments(cpp):
 # --------------------------------------------------------------------------------------------------
 
 
-def setup_note(**flags: str) -> str:
-    """What setup.py says it builds under these environment flags (no compilation: --name only)."""
+def setup_run(**flags: str) -> subprocess.CompletedProcess:
+    """setup.py's choice under these environment flags (no compilation: --name only)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOGO_ATTN_")}
-    run = subprocess.run([sys.executable, "setup.py", "--name"], env={**env, **flags}, capture_output=True, text=True,
-                         cwd=ROOT)
-    assert run.returncode == 0, run.stderr
-    return run.stderr
+    return subprocess.run([sys.executable, "setup.py", "--name"], env={**env, **flags}, capture_output=True,
+                          text=True, cwd=ROOT)
 
 
 def test_setup_flags_choose_what_is_built():
-    assert "LOGO_ATTN_SKIP_CPP=1: building a pure-Python package" in setup_note(LOGO_ATTN_SKIP_CPP="1")
-    assert "without CUDA kernels: LOGO_ATTN_SKIP_CUDA=1" in setup_note(LOGO_ATTN_SKIP_CUDA="1")
-    default = setup_note()
+    assert "LOGO_ATTN_SKIP_CPP=1: building a pure-Python package" in setup_run(LOGO_ATTN_SKIP_CPP="1").stderr
+    assert "without CUDA kernels: LOGO_ATTN_SKIP_CUDA=1" in setup_run(LOGO_ATTN_SKIP_CUDA="1").stderr
+    default, forced = setup_run(), setup_run(LOGO_ATTN_FORCE_CUDA="1")
     if torch.version.cuda is None:
-        assert "without CUDA kernels: this torch has no CUDA" in default
+        assert "without CUDA kernels: this torch has no CUDA" in default.stderr
+        assert forced.returncode != 0 and "LOGO_ATTN_FORCE_CUDA=1 but the CUDA kernels cannot be built" in forced.stderr
     else:
-        assert "logo_attn._C with" in default
+        assert "logo_attn._C with" in default.stderr
 
 
 CUDA_SOURCES = sorted((ROOT / "csrc" / "cuda").glob("*.cu"))
