@@ -124,10 +124,19 @@ LOGO_INLINE void store_rows(const A* src, int64_t ld, int64_t n, int64_t d, Rows
   }
 }
 
-// Scores of rows [0, m) of S (keys in [0, n), padding up to ld): padding set to -inf, which the
-// exponentials below turn into exact zeros.
-template <typename A> LOGO_INLINE void mask_padding(A* s, int64_t m, int64_t n, int64_t ld) {
-  for (int64_t i = 0; i < m; ++i) std::fill(s + i * ld + n, s + (i + 1) * ld, -std::numeric_limits<A>::infinity());
+// A row of scores (keys [0, n), padding up to ld): the padding set to -inf, which the exponentials
+// turn into exact zeros. A vector select on the last vectors: scalar stores there would stall the
+// vector loads that follow (failed store forwarding).
+template <typename A, int VB> LOGO_INLINE void mask_padding(A* s, int64_t n, int64_t ld) {
+  using I = std::conditional_t<sizeof(A) == 4, int32_t, int64_t>;
+  constexpr int L = lanes<A, VB>;
+  vec<I, VB> lane;
+  for (int l = 0; l < L; ++l) lane[l] = l;
+  const vec<A, VB> minus_inf = splat<A, VB>(-std::numeric_limits<A>::infinity());
+  for (int64_t j = n / L * L; j < ld; j += L) {
+    const vec<A, VB> v = load<A, VB>(s + j);
+    store<A, VB>(s + j, lane + I(j) < I(n) ? v : minus_inf);
+  }
 }
 
 // Forward: out rows qids and lse[qids] (lse points at this slice's N values) from keys kids.
@@ -144,9 +153,9 @@ LOGO_INLINE void attention_fwd_tile(Rows<const T> q, Rows<const T> k, Rows<const
     const int64_t* ids = qids + q0;
     pack_rows(q, ids, m, d, ws.q, dp, scale);
     matmul<A, VB>(m, np, d, ws.q, dp, 1, ws.kt, np, ws.s, np, false);
-    mask_padding(ws.s, m, n_k, np);
     for (int64_t i = 0; i < m; ++i) {
       A* s = ws.s + i * np;
+      mask_padding<A, VB>(s, n_k, np);
       const A max = max_of<A, VB>(s, np);
       exp_inplace<A, VB>(s, np, max);
       const A sum = sum_of<A, VB>(s, np);
@@ -181,11 +190,11 @@ LOGO_INLINE void attention_bwd_tile(Rows<const T> dout, Rows<const T> q, Rows<co
     pack_rows(q, ids, m, d, ws.q, dp, scale);  // scaled: S = (scale Q) Kᵀ and dK = dSᵀ (scale Q)
     pack_rows(dout, ids, m, d, ws.dout, dp, A(1));
     matmul<A, VB>(m, np, d, ws.q, dp, 1, ws.kt, np, ws.s, np, false);
-    mask_padding(ws.s, m, n_k, np);
     matmul<A, VB>(m, np, d, ws.dout, dp, 1, ws.vt, np, ws.ds, np, false);
     for (int64_t i = 0; i < m; ++i) {
       A* p = ws.s + i * np;
       A* g = ws.ds + i * np;
+      mask_padding<A, VB>(p, n_k, np);
       exp_inplace<A, VB>(p, np, lse[ids[i]]);
       // rowsum(dO * O) = sum_j P_ij dP_ij, as O = P V: all keys are in this row, so `out` is not read.
       const vec<A, VB> delta = splat<A, VB>(dot_of<A, VB>(p, g, np));
