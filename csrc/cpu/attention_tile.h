@@ -4,9 +4,9 @@
 // Rows are gathered from the strided input by token index, converted to the accumulation type and
 // packed into cache-resident panels (K and V transposed where they are the right-hand operand of a
 // product), so every product is `matmul` on panels whose rows are padded to whole vectors. The
-// scores of a query block (at most `kQueryBlock` rows x all keys) stay in cache: forward computes
-// the row maxima and sums on them exactly (no online rescaling is needed when all keys fit), and
-// backward recomputes them from the saved log-sum-exp, as flash attention does.
+// scores of a query block (`query_block` rows x all keys) stay in cache: forward computes the row
+// maxima and sums on them exactly (no online rescaling is needed when all keys fit), and backward
+// recomputes the probabilities from the saved log-sum-exp, as flash attention does.
 #pragma once
 
 #include <algorithm>
@@ -66,7 +66,7 @@ template <typename A> struct AttnWorkspace {
   A *kt, *k, *vt, *v, *dk, *dv;  // key-side panels: Kᵀ, K, Vᵀ (d x keys_padded), V, dK, dV (keys x dim_padded)
   A *q, *dout, *out;             // block x dim_padded: scaled Q, dO, and O or dQ before their store
   A *s, *ds;                     // block x keys_padded: scores / probabilities, their gradients
-  A* row;                        // block: 1 / row sum (forward) or rowsum(dO * O) (backward)
+  A* row;                        // block: 1 / row sum (forward)
 
   AttnWorkspace(int64_t max_keys, int64_t head_dim) {
     keys_padded = pad_to_vectors<A>(max_keys);
@@ -76,7 +76,7 @@ template <typename A> struct AttnWorkspace {
     const int64_t score_panel = block * keys_padded;
     const int64_t total = 6 * key_panel + 3 * q_panel + 2 * score_panel + pad_to_vectors<A>(block);
     A* p = static_cast<A*>(::operator new[](sizeof(A) * total, std::align_val_t(64)));
-    std::fill(p, p + total, A(0));  // padding columns are read as zeros by the products
+    std::fill(p, p + total, A(0));  // every read is of written values; zeros keep it so if one is not
     storage.reset(p);
     for (A** panel : {&kt, &k, &vt, &v, &dk, &dv}) *panel = p, p += key_panel;
     for (A** panel : {&q, &dout, &out}) *panel = p, p += q_panel;
