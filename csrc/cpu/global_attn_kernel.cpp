@@ -130,10 +130,12 @@ struct GlobalBwdReduceKernel {
 
 int64_t global_attn_fwd_tasks(const AttnArgs& a) { return a.batch * a.heads * fwd_blocks(a); }
 
-// Enough (batch, head, range) tasks to keep ~64 threads busy, each range at least 256 queries
-// long so its partial sums stay small next to its work. Shapes only: never the thread count.
+// At least 32 (batch, head, range) tasks, so a many-core CPU has work for every core, and no
+// splitting when batch x heads already gives that many (the common case: then backward is one
+// pass, without partial sums); each range at least 256 queries long. Shapes only, never the thread
+// count, so the summation order is fixed.
 int64_t global_attn_bwd_splits(int64_t batch, int64_t heads, int64_t q_tokens) {
-  const int64_t wanted = (64 + batch * heads - 1) / (batch * heads);
+  const int64_t wanted = (32 + batch * heads - 1) / (batch * heads);
   return std::max<int64_t>(1, std::min(wanted, q_tokens / 256));
 }
 
