@@ -16,6 +16,15 @@ namespace logo_attn::cpu {
     case Dtype::float16: break; /* not a CPU dtype: ops.cpp rejects it */   \
   }
 
+// Defines the kernel struct NAME that run_for_cpu<NAME>(const ARGS*, begin, end) runs: FN<VB, T>
+// for the storage type T of the arguments' dtype, compiled for the ISA of the trampoline.
+#define LOGO_ATTN_CPU_KERNEL(NAME, FN, ARGS)                                              \
+  struct NAME {                                                                           \
+    template <int VB> static LOGO_INLINE void run(const ARGS* a, int64_t begin, int64_t end) { \
+      LOGO_ATTN_SWITCH_DTYPE(a->dtype, FN, *a, begin, end)                                \
+    }                                                                                     \
+  }
+
 template <typename T> LOGO_INLINE Rows<T> slice(const Tensor4& t, int64_t b, int64_t h) {
   return {static_cast<T*>(t.data) + b * t.batch_stride + h * t.head_stride, t.token_stride};
 }

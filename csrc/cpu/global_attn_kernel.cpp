@@ -110,21 +110,9 @@ template <int VB, typename T> LOGO_INLINE void global_bwd_reduce(const AttnArgs&
   }
 }
 
-struct GlobalFwdKernel {
-  template <int VB> static LOGO_INLINE void run(const AttnArgs* a, int64_t begin, int64_t end) {
-    LOGO_ATTN_SWITCH_DTYPE(a->dtype, global_fwd, *a, begin, end)
-  }
-};
-struct GlobalBwdKernel {
-  template <int VB> static LOGO_INLINE void run(const AttnArgs* a, int64_t begin, int64_t end) {
-    LOGO_ATTN_SWITCH_DTYPE(a->dtype, global_bwd, *a, begin, end)
-  }
-};
-struct GlobalBwdReduceKernel {
-  template <int VB> static LOGO_INLINE void run(const AttnArgs* a, int64_t begin, int64_t end) {
-    LOGO_ATTN_SWITCH_DTYPE(a->dtype, global_bwd_reduce, *a, begin, end)
-  }
-};
+LOGO_ATTN_CPU_KERNEL(GlobalFwdKernel, global_fwd, AttnArgs);
+LOGO_ATTN_CPU_KERNEL(GlobalBwdKernel, global_bwd, AttnArgs);
+LOGO_ATTN_CPU_KERNEL(GlobalBwdReduceKernel, global_bwd_reduce, AttnArgs);
 
 }  // namespace
 

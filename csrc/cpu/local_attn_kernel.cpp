@@ -86,16 +86,8 @@ template <int VB, typename T> LOGO_INLINE void local_bwd(const AttnArgs& a, int6
   }
 }
 
-struct LocalFwdKernel {
-  template <int VB> static LOGO_INLINE void run(const AttnArgs* a, int64_t begin, int64_t end) {
-    LOGO_ATTN_SWITCH_DTYPE(a->dtype, local_fwd, *a, begin, end)
-  }
-};
-struct LocalBwdKernel {
-  template <int VB> static LOGO_INLINE void run(const AttnArgs* a, int64_t begin, int64_t end) {
-    LOGO_ATTN_SWITCH_DTYPE(a->dtype, local_bwd, *a, begin, end)
-  }
-};
+LOGO_ATTN_CPU_KERNEL(LocalFwdKernel, local_fwd, AttnArgs);
+LOGO_ATTN_CPU_KERNEL(LocalBwdKernel, local_bwd, AttnArgs);
 
 }  // namespace
 

@@ -62,16 +62,8 @@ template <int VB, typename T> LOGO_INLINE void pool_bwd(const PoolArgs& a, int64
   }
 }
 
-struct PoolFwdKernel {
-  template <int VB> static LOGO_INLINE void run(const PoolArgs* a, int64_t begin, int64_t end) {
-    LOGO_ATTN_SWITCH_DTYPE(a->dtype, pool_fwd, *a, begin, end)
-  }
-};
-struct PoolBwdKernel {
-  template <int VB> static LOGO_INLINE void run(const PoolArgs* a, int64_t begin, int64_t end) {
-    LOGO_ATTN_SWITCH_DTYPE(a->dtype, pool_bwd, *a, begin, end)
-  }
-};
+LOGO_ATTN_CPU_KERNEL(PoolFwdKernel, pool_fwd, PoolArgs);
+LOGO_ATTN_CPU_KERNEL(PoolBwdKernel, pool_bwd, PoolArgs);
 
 }  // namespace
 

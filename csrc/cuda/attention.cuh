@@ -53,6 +53,28 @@ __device__ __forceinline__ float dot(const float* x, const float* y, int d) {
   return s;
 }
 
+// acc[x] += sum_{j < n} w_j rows[j][lane + 32 x], w_j being lane j's w: the product of a tile's
+// weights (probabilities or their gradients) with its rows, the lane holding output dims lane + 32 x.
+template <int DL>
+__device__ __forceinline__ void add_weighted_rows(float (&acc)[DL], float w, const float* rows, int n, int pitch,
+                                                  int d, int lane) {
+  for (int j = 0; j < n; ++j) {
+    const float wj = __shfl_sync(kFullMask, w, j);
+    const float* row = rows + j * pitch;
+#pragma unroll
+    for (int x = 0; x < DL; ++x)
+      if (lane + 32 * x < d) acc[x] = fmaf(wj, row[lane + 32 * x], acc[x]);
+  }
+}
+
+// row[lane + 32 x] = scale * acc[x], rounded to T.
+template <typename T, int DL>
+__device__ __forceinline__ void store_row(T* row, const float (&acc)[DL], float scale, int d, int lane) {
+#pragma unroll
+  for (int x = 0; x < DL; ++x)
+    if (lane + 32 * x < d) row[lane + 32 * x] = from_float<T>(acc[x] * scale);
+}
+
 // rows[i][c] = scale * src.row(token(first + i))[c] for i < n, c < d, with row pitch `pitch`: a
 // warp per row, so each row's token index is computed once and its d values are read coalesced.
 template <typename T, class TokenOf>
@@ -118,13 +140,7 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(const AttnArgs a, in
       m[r] = m_new;
 #pragma unroll
       for (int x = 0; x < DL; ++x) o[r][x] *= alpha;
-      for (int j = 0; j < nk; ++j) {
-        const float pj = __shfl_sync(kFullMask, p, j);
-        const float* vj = vs + j * pitch;
-#pragma unroll
-        for (int x = 0; x < DL; ++x)
-          if (lane + 32 * x < d) o[r][x] = fmaf(pj, vj[lane + 32 * x], o[r][x]);
-      }
+      add_weighted_rows(o[r], p, vs, nk, pitch, d, lane);
     }
   }
 
@@ -135,10 +151,7 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(const AttnArgs a, in
     const int i = warp * kRowsPerWarp + r;
     if (i >= nq) break;
     const int64_t n = set.query(q0 + i);
-    const float inv = 1.f / l[r];
-#pragma unroll
-    for (int x = 0; x < DL; ++x)
-      if (lane + 32 * x < d) out.row(n)[lane + 32 * x] = from_float<T>(o[r][x] * inv);
+    store_row(out.row(n), o[r], 1.f / l[r], d, lane);
     if (lane == 0) lse[n] = (m[r] + log2f(l[r])) * kLn2;  // natural log, like torch.logsumexp
   }
 }
@@ -203,13 +216,7 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dq_kernel(const AttnArgs a,
         const float p = exp2f(dot(qs + i * d, ks + lane * pitch, d) - lse2[r]);
         ds = p * (dot(gs + i * d, vs + lane * pitch, d) - dl[r]);
       }
-      for (int j = 0; j < nk; ++j) {
-        const float dsj = __shfl_sync(kFullMask, ds, j);
-        const float* kj = ks + j * pitch;
-#pragma unroll
-        for (int x = 0; x < DL; ++x)
-          if (lane + 32 * x < d) dq[r][x] = fmaf(dsj, kj[lane + 32 * x], dq[r][x]);
-      }
+      add_weighted_rows(dq[r], ds, ks, nk, pitch, d, lane);
     }
   }
 
@@ -219,10 +226,7 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dq_kernel(const AttnArgs a,
   for (int r = 0; r < kRowsPerWarp; ++r) {
     const int i = warp * kRowsPerWarp + r;
     if (i >= nq) break;
-    T* row = out.row(set.query(q0 + i));
-#pragma unroll
-    for (int x = 0; x < DL; ++x)
-      if (lane + 32 * x < d) row[lane + 32 * x] = from_float<T>(dq[r][x] * scale);
+    store_row(out.row(set.query(q0 + i)), dq[r], scale, d, lane);
   }
 }
 
@@ -278,17 +282,8 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dkdv_kernel(const AttnArgs 
         p = exp2f(dot(qs + lane * pitch, ks + j * d, d) - lse2);
         ds = p * (dot(gs + lane * pitch, vs + j * d, d) - dl);
       }
-      for (int i = 0; i < nq; ++i) {
-        const float pi = __shfl_sync(kFullMask, p, i), dsi = __shfl_sync(kFullMask, ds, i);
-#pragma unroll
-        for (int x = 0; x < DL; ++x) {
-          const int c = lane + 32 * x;
-          if (c < d) {
-            dv[r][x] = fmaf(pi, gs[i * pitch + c], dv[r][x]);
-            dk[r][x] = fmaf(dsi, qs[i * pitch + c], dk[r][x]);
-          }
-        }
-      }
+      add_weighted_rows(dv[r], p, gs, nq, pitch, d, lane);
+      add_weighted_rows(dk[r], ds, qs, nq, pitch, d, lane);
     }
   }
 
@@ -298,19 +293,14 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dkdv_kernel(const AttnArgs 
   for (int r = 0; r < kRowsPerWarp; ++r) {
     const int j = warp * kRowsPerWarp + r;
     if (j >= nk) break;
-#pragma unroll
-    for (int x = 0; x < DL; ++x) {
-      const int c = lane + 32 * x;
-      if (c >= d) continue;
-      if (chunks == 1) {
-        const int64_t n = set.key(k0 + j);
-        dk_rows.row(n)[c] = from_float<T>(dk[r][x] * scale);
-        dv_rows.row(n)[c] = from_float<T>(dv[r][x]);
-      } else {
-        float* partial = static_cast<float*>(a.partial) + (bh * chunks + chunk) * 2 * a.k_tokens * d;
-        partial[(k0 + j) * d + c] = dk[r][x];
-        partial[(a.k_tokens + k0 + j) * d + c] = dv[r][x];
-      }
+    if (chunks == 1) {
+      const int64_t n = set.key(k0 + j);
+      store_row(dk_rows.row(n), dk[r], scale, d, lane);
+      store_row(dv_rows.row(n), dv[r], 1.f, d, lane);
+    } else {
+      float* partial = static_cast<float*>(a.partial) + (bh * chunks + chunk) * 2 * a.k_tokens * d;
+      store_row(partial + (k0 + j) * d, dk[r], 1.f, d, lane);
+      store_row(partial + (a.k_tokens + k0 + j) * d, dv[r], 1.f, d, lane);
     }
   }
 }
