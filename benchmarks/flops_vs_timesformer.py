@@ -405,7 +405,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     config = {k: v for k, v in vars(args).items() if k != "out"}
     written = write_results(prefix, env, {**config, "summary": summary}, rows)
     if args.plot:
-        written += plot(rows, args, env, prefix)
+        try:
+            written += plot(rows, args, env, prefix)
+        except ImportError as error:  # matplotlib is the `bench` extra, not a dependency of logo_attn
+            print(f"no plots: {error} (pip install matplotlib)")
     for path in written:
         print(f"wrote {path}")
     print(f"done in {summary['seconds']:.0f} s")
