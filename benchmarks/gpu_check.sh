@@ -11,7 +11,8 @@
 #                then asserts that logo_attn._C loaded with its CUDA kernels
 #   test         the whole suite (its CUDA, fp16 and bf16 cases run because a GPU is present),
 #                without the large-shape tests, in parallel with pytest-xdist when it is installed
-#   large        tests whose offsets exceed 2^31 elements (selected by $LARGE_K), one process
+#   large        tests whose offsets exceed 2^31 elements, one process; selected by $LARGE_K, by default
+#                tests whose names contain "large_shape" or "int64_offset" (exit 5 when none exist)
 #   determinism  deterministic-mode tests (selected by $DETERMINISM_K): bit-identical gradients twice
 #   bench        = bench_ops bench_sweep bench_model, which can also be given one by one:
 #   bench_ops    bench_ops.py --preset gpu: ops and layer against their peers, bf16, B=32, 16x7x7 and 16x14x14
@@ -47,7 +48,7 @@ ROOT=$(pwd)
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 export LOGO_ATTN_COMMIT=${LOGO_ATTN_COMMIT:-$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)}
-LARGE_K=${LARGE_K:-"large or int64 or offsets"}
+LARGE_K=${LARGE_K:-"large_shape or int64_offset"}
 DETERMINISM_K=${DETERMINISM_K:-"determinis or reproducib"}
 XDIST_WORKERS=${XDIST_WORKERS:-8}
 DEADLINE=${GPU_CHECK_DEADLINE:-570}
@@ -190,6 +191,8 @@ for phase in $PHASES; do
     esac
 done
 
+echo "exit codes: 124 timed out, 5 no test matched the selection (pytest), 86 compute-sanitizer reported errors" \
+    >>"$SUMMARY"
 tar -czf "$OUTDIR/gpu_check.tar.gz" -C "$OUTDIR" --exclude gpu_check.tar.gz . 2>/dev/null
 echo
 cat "$SUMMARY"
