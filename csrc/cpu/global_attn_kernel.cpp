@@ -1,7 +1,8 @@
 // Global attention on CPU: every query over a short key set (the pooled windows and prefix tokens).
 // Forward tasks are (batch, block of queries, head). Backward tasks are (batch, query range, head):
-// each writes its own dQ rows and its partial dK/dV sums, and a second pass adds the partials of a
-// (batch, head) in range order, so the result is the same bitwise for any number of threads.
+// each writes its own dQ rows and the dK/dV sums of its range; with one range per (batch, head)
+// (the usual case) those are dK/dV, else a second pass adds the ranges' partial sums in range
+// order. Either way the result is the same bitwise for any number of threads.
 #include <initializer_list>
 #include <numeric>
 #include <vector>
