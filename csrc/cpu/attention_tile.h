@@ -66,7 +66,7 @@ template <typename A> struct AttnWorkspace {
   A *kt, *k, *vt, *v, *dk, *dv;  // key-side panels: Kᵀ, K, Vᵀ (d x keys_padded), V, dK, dV (keys x dim_padded)
   A *q, *dout, *out;             // block x dim_padded: scaled Q, dO, and O or dQ before their store
   A *s, *ds;                     // block x keys_padded: scores / probabilities, their gradients
-  A* row;                        // block: 1 / row sum (forward)
+  A* row;                        // 3 x block: row maxima, sums (then their inverses), lse (forward)
 
   AttnWorkspace(int64_t max_keys, int64_t head_dim) {
     keys_padded = pad_to_vectors<A>(max_keys);
@@ -74,7 +74,7 @@ template <typename A> struct AttnWorkspace {
     block = query_block(max_keys);
     const int64_t key_panel = keys_padded * dim_padded, q_panel = block * dim_padded;
     const int64_t score_panel = block * keys_padded;
-    const int64_t total = 6 * key_panel + 3 * q_panel + 2 * score_panel + pad_to_vectors<A>(block);
+    const int64_t total = 6 * key_panel + 3 * q_panel + 2 * score_panel + 3 * pad_to_vectors<A>(block);
     A* p = static_cast<A*>(::operator new[](sizeof(A) * total, std::align_val_t(64)));
     std::fill(p, p + total, A(0));  // every read is of written values; zeros keep it so if one is not
     storage.reset(p);
@@ -153,18 +153,19 @@ LOGO_INLINE void attention_fwd_tile(Rows<const T> q, Rows<const T> k, Rows<const
     const int64_t* ids = qids + q0;
     pack_rows(q, ids, m, d, ws.q, dp, scale);
     matmul<A, VB>(m, np, d, ws.q, dp, 1, ws.kt, np, ws.s, np, false);
+    A *row_max = ws.row, *row_sum = ws.row + ws.block, *row_lse = ws.row + 2 * ws.block;
     for (int64_t i = 0; i < m; ++i) {
       A* s = ws.s + i * np;
       mask_padding<A, VB>(s, n_k, np);
-      const A max = max_of<A, VB>(s, np);
-      exp_inplace<A, VB>(s, np, max);
-      const A sum = sum_of<A, VB>(s, np);
-      lse[ids[i]] = max + std::log(sum);
-      ws.row[i] = A(1) / sum;
+      row_max[i] = max_of<A, VB>(s, np);
+      exp_inplace<A, VB>(s, np, row_max[i]);
+      row_sum[i] = sum_of<A, VB>(s, np);
       next.fetch(q0 + i);
     }
+    finish_softmax_rows<A, VB>(row_max, row_sum, row_lse, m);  // row_sum becomes 1 / sum
+    for (int64_t i = 0; i < m; ++i) lse[ids[i]] = row_lse[i];
     matmul<A, VB>(m, dp, n_k, ws.s, np, 1, ws.v, dp, ws.out, dp, false);
-    store_rows(ws.out, dp, m, d, out, ids, A(1), ws.row);
+    store_rows(ws.out, dp, m, d, out, ids, A(1), row_sum);
   }
   for (int64_t i = n_q; i < next.n; ++i) next.fetch(i);
 }

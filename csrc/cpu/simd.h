@@ -118,6 +118,49 @@ template <int VB> LOGO_INLINE vec<float, VB> exp_vec(vec<float, VB> x) {
   return x < lo ? vf{} : y;
 }
 
+// log on a float vector of positive normal numbers: Cephes' logf (x = m 2^e with m in
+// [sqrt(1/2), sqrt(2)), degree-9 polynomial in m - 1), relative error ~1 ulp.
+template <int VB> LOGO_INLINE vec<float, VB> log_vec(vec<float, VB> x) {
+  using vf = vec<float, VB>;
+  using vi = vec<int32_t, VB>;
+  vi bits;
+  __builtin_memcpy(&bits, &x, VB);
+  vi e = ((bits >> 23) & 0xff) - 126;          // x = m 2^e with m in [0.5, 1)
+  bits = (bits & 0x807fffff) | 0x3f000000;
+  vf m;
+  __builtin_memcpy(&m, &bits, VB);
+  const vi small = m < 0.707106781186547524f;  // -1 where m < sqrt(1/2): use 2m, e - 1
+  e = e + small;
+  m = m + (small ? m : vf{}) - 1.0f;
+  const vf z = m * m;
+  vf y = splat<float, VB>(7.0376836292e-2f);
+  y = y * m - 1.1514610310e-1f;
+  y = y * m + 1.1676998740e-1f;
+  y = y * m - 1.2420140846e-1f;
+  y = y * m + 1.4249322787e-1f;
+  y = y * m - 1.6668057665e-1f;
+  y = y * m + 2.0000714765e-1f;
+  y = y * m - 2.4999993993e-1f;
+  y = y * m + 3.3333331174e-1f;
+  const vf ef = __builtin_convertvector(e, vf);
+  y = y * m * z + ef * -2.12194440e-4f - 0.5f * z;
+  return m + y + ef * 0.693359375f;
+}
+
+// lse[i] = max[i] + log(sum[i]) and sum[i] <- 1 / sum[i] for i < n (rows of a block, sums >= 1):
+// vectorised for fp32, libm for fp64.
+template <typename T, int VB> LOGO_INLINE void finish_softmax_rows(const T* max, T* sum, T* lse, int64_t n) {
+  int64_t i = 0;
+  if constexpr (std::is_same_v<T, float>) {
+    for (; i + lanes<T, VB> <= n; i += lanes<T, VB>) {
+      const vec<T, VB> s = load<T, VB>(sum + i);
+      store<T, VB>(lse + i, load<T, VB>(max + i) + log_vec<VB>(s));
+      store<T, VB>(sum + i, T(1) / s);
+    }
+  }
+  for (; i < n; ++i) lse[i] = max[i] + std::log(sum[i]), sum[i] = T(1) / sum[i];
+}
+
 // exp over n (a multiple of the vector lanes) values in place: vectorised for fp32, libm for fp64
 // (float64 is the gradcheck dtype, where accuracy beats speed).
 template <typename T, int VB> LOGO_INLINE void exp_inplace(T* x, int64_t n, T shift) {
