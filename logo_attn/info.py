@@ -16,10 +16,17 @@ def report() -> str:
     except ImportError:
         triton_version = "not installed"
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none visible"
+    try:
+        from . import _C
+
+        cpu_isa = _C.cpu_isa()
+    except ImportError:
+        cpu_isa = "C++ extension not built"
     lines = [
         f"logo_attn {__version__}",
         f"python {platform.python_version()}, torch {torch.__version__} (CUDA {torch.version.cuda}), triton {triton_version}",
         f"GPU: {gpu}",
+        f"CPU kernels: {cpu_isa} (LOGO_ATTN_CPU_ISA forces a lower level)",
         "",
         "backends:",
     ]
