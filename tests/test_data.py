@@ -9,7 +9,7 @@ from logo_attn.data import (
     EMOTIONS, ClipRecord, FrameClipDataset, list_frames, load_frames, read_annotation_list, read_dfew, read_ferv39k,
     sample_indices, split_train_val,
 )
-from logo_attn.synthetic import CirclingSquare
+from logo_attn.synthetic import COLOURS, QUADRANTS, TurningWheel
 
 
 def write_clip(folder, frames, size=(24, 20), suffix=".png", name="{:05d}", seed=0):
@@ -232,44 +232,55 @@ def test_eval_transform_matches_pil_resize_and_centre_crop():
 # synthetic clips
 
 
-def _quadrant_brightness(clip: torch.Tensor) -> torch.Tensor:
-    half = clip.shape[-1] // 2
-    rows = clip.mean(dim=1).unflatten(1, (2, half)).unflatten(3, (2, half)).mean(dim=(2, 4))  # (T, 2, 2)
-    return torch.stack([rows[:, 0, 0], rows[:, 0, 1], rows[:, 1, 1], rows[:, 1, 0]], dim=1)  # clockwise order
+def _orientation(frame: torch.Tensor) -> int:
+    """Which quarter turn the wheel shows: the colour found at the centre of the top-left quadrant."""
+    quarter = frame.shape[-1] // 4
+    centre = frame[:, quarter - 2:quarter + 2, quarter - 2:quarter + 2].mean(dim=(1, 2))  # RGB
+    colour = int((COLOURS - centre).norm(dim=1).argmin())
+    return (0 - colour) % 4  # quadrant 0 shows colour (0 - orientation) % 4
 
 
 def test_synthetic_clips_show_the_class_only_in_their_order():
-    data = CirclingSquare(64, num_frames=8, seed=3)
+    data = TurningWheel(64, num_frames=8, seed=3)
     assert sorted(set(data.labels)) == [0, 1, 2, 3]
+    expected_steps = {0: [1] * 7, 1: [3] * 7, 2: [1, 1, 1, 3, 3, 3, 3], 3: [3, 3, 3, 1, 1, 1, 1]}
     for i in range(64):
         clip, label = data[i]
         assert clip.shape == (8, 3, 32, 32) and label == data.labels[i]
-        quadrants = _quadrant_brightness(clip).argmax(dim=1).tolist()
-        assert sorted(quadrants) == [0, 0, 1, 1, 2, 2, 3, 3]  # every quadrant twice, whatever the class
-        steps = [(b - a) % 4 for a, b in zip(quadrants, quadrants[1:])]
-        expected = {0: {1}, 1: {3}, 2: {0, 1}, 3: {0, 3}}[label]
-        assert set(steps) == expected
-    clip_again, _ = data[5]
-    assert torch.equal(clip_again, data[5][0])
-    assert not torch.equal(CirclingSquare(8, seed=4)[5][0], data[5][0])
+        orientations = [_orientation(frame) for frame in clip]
+        assert sorted(orientations) == [0, 0, 1, 1, 2, 2, 3, 3]  # every orientation twice, whatever the class
+        assert [(b - a) % 4 for a, b in zip(orientations, orientations[1:])] == expected_steps[label]
+    assert torch.equal(data[5][0], data[5][0])
+    assert not torch.equal(TurningWheel(8, seed=4)[5][0], data[5][0])
 
 
-def test_synthetic_first_frame_is_uninformative():
-    # The quadrant of any one frame is uniform for every class (up to sampling noise).
-    data = CirclingSquare(800, seed=9)
+def test_synthetic_turn_moves_each_colour_clockwise():
+    data = TurningWheel(1, seed=0)
+    clip, _ = data[0]
+    half = 16
+    frame = clip[0]
+    quadrant_colours = [int((COLOURS - frame[:, r * half + 6:r * half + 10, c * half + 6:c * half + 10].mean(dim=(1, 2)))
+                            .norm(dim=1).argmin()) for r, c in QUADRANTS]
+    orientation = _orientation(frame)
+    assert quadrant_colours == [(q - orientation) % 4 for q in range(4)]
+
+
+def test_synthetic_single_frames_are_uninformative():
+    # The orientation of any one frame is uniform for every class (up to sampling noise).
+    data = TurningWheel(800, seed=9)
     counts = torch.zeros(4, 4)
     for i in range(800):
         clip, label = data[i]
-        counts[label, _quadrant_brightness(clip[:1]).argmax()] += 1
+        counts[label, _orientation(clip[3])] += 1
     expected = counts.sum(dim=1, keepdim=True) / 4
     chi2 = ((counts - expected) ** 2 / expected).sum()
-    assert chi2 < 30  # 12 degrees of freedom: p ~ 0.003 if the class showed in the first frame
+    assert chi2 < 30  # 12 degrees of freedom: p ~ 0.003 if the class showed in the frame
 
 
 def test_synthetic_bad_arguments():
-    with pytest.raises(ValueError, match="multiple of 4"):
-        CirclingSquare(4, num_frames=6)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        TurningWheel(4, num_frames=12)
     with pytest.raises(ValueError, match="jitter"):
-        CirclingSquare(4, square=16, jitter=2)
+        TurningWheel(4, size=16, jitter=4)
     with pytest.raises(IndexError):
-        CirclingSquare(4)[4]
+        TurningWheel(4)[4]
