@@ -130,7 +130,7 @@ class TrainConfig:
 # Per-dataset defaults, applied before the config file and the flags.
 PRESETS: dict[str, dict] = {
     # Small enough to learn in minutes on a 2-core CPU: 8 frames of 32 x 32 (a 8 x 2 x 2 token grid).
-    "synthetic": dict(image_size=32, frames=8, embed_dim=64, depth=2, num_heads=4, epochs=4, batch_size=8,
+    "synthetic": dict(image_size=32, frames=8, embed_dim=64, depth=2, num_heads=4, epochs=8, batch_size=8,
                       optimizer="adamw", lr=1e-3, weight_decay=0.05, backbone_lr_scale=0.1, rho=0.0, workers=0),
     "dfew": dict(),
     "ferv39k": dict(),
