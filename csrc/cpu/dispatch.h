@@ -1,5 +1,8 @@
-// Shared plumbing of the kernel files: dtype switch and (batch, head) slices of Tensor4 arguments.
+// Shared plumbing of the kernel files: dtype switch, (batch, head) slices of Tensor4 arguments and the
+// rows a task prefetches.
 #pragma once
+
+#include <initializer_list>
 
 #include "attention_tile.h"
 #include "kernels.h"
@@ -32,6 +35,18 @@ template <typename T> LOGO_INLINE Rows<T> slice(const Tensor4& t, int64_t b, int
 // This (batch, head)'s q_tokens log-sum-exp values.
 template <typename A> LOGO_INLINE A* lse_slice(const AttnArgs& a, int64_t b, int64_t h) {
   return static_cast<A*>(a.lse) + (b * a.heads + h) * a.q_tokens;
+}
+
+// The rows a task of (batch b, head h) touches, for prefetching: rows ids[0..n) of every tensor in
+// `reads` and `writes`.
+template <typename T>
+NextRows task_rows(int64_t b, int64_t h, const int64_t* ids, int64_t n, int64_t head_dim,
+                   std::initializer_list<const Tensor4*> reads, std::initializer_list<const Tensor4*> writes) {
+  NextRows rows;
+  rows.ids = ids, rows.n = n, rows.row_bytes = head_dim * int64_t(sizeof(T));
+  for (const Tensor4* x : reads) rows.add(slice<const T>(*x, b, h), false);
+  for (const Tensor4* x : writes) rows.add(slice<const T>(*x, b, h), true);
+  return rows;
 }
 
 }  // namespace logo_attn::cpu

@@ -40,13 +40,9 @@ template <typename T>
 NextRows next_rows(const AttnArgs& a, const std::vector<int64_t>& ids, int64_t task, int64_t end, int64_t ranges,
                    int64_t block, std::initializer_list<const Tensor4*> reads,
                    std::initializer_list<const Tensor4*> writes) {
-  NextRows rows;
-  if (task >= end) return rows;
+  if (task >= end) return {};
   const QueryTask t = query_task(a, task, ranges, block);
-  rows.ids = ids.data() + t.q0, rows.n = t.q1 - t.q0, rows.row_bytes = a.head_dim * int64_t(sizeof(T));
-  for (const Tensor4* x : reads) rows.add(slice<const T>(*x, t.b, t.h), false);
-  for (const Tensor4* x : writes) rows.add(slice<const T>(*x, t.b, t.h), true);
-  return rows;
+  return task_rows<T>(t.b, t.h, ids.data() + t.q0, t.q1 - t.q0, a.head_dim, reads, writes);
 }
 
 template <int VB, typename T> LOGO_INLINE void global_fwd(const AttnArgs& a, int64_t begin, int64_t end) {

@@ -39,13 +39,9 @@ class LocalTasks {
   // The rows task `next` touches (nothing when it lies outside [., end)); call after get(next - 1).
   template <typename T> NextRows prefetch(int64_t next, int64_t end, std::initializer_list<const Tensor4*> reads,
                                           std::initializer_list<const Tensor4*> writes) {
-    NextRows rows;
-    if (next >= end) return rows;
+    if (next >= end) return {};
     const Task t = get(next);
-    rows.ids = t.ids, rows.n = t.n, rows.row_bytes = a_.head_dim * int64_t(sizeof(T));
-    for (const Tensor4* x : reads) rows.add(slice<const T>(*x, t.b, t.h), false);
-    for (const Tensor4* x : writes) rows.add(slice<const T>(*x, t.b, t.h), true);
-    return rows;
+    return task_rows<T>(t.b, t.h, t.ids, t.n, a_.head_dim, reads, writes);
   }
 
  private:
