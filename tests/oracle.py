@@ -141,14 +141,17 @@ def assert_matches(name, actual, reference, dtype, lowp=None):
 
 
 
-def check_op(run, reference_fn, inputs, dout, dtype, names, lowp_fn=None):
+def check_op(run, reference_fn, inputs, dout, dtype, names, lowp_fn=None, items=slice(None)):
     """Compare an op and the gradients of all its inputs against float64 autograd through `reference_fn`.
 
     run(*inputs) is the op under test; reference_fn runs on float64 copies; for fp16/bf16, lowp_fn
-    (default reference_fn) runs on copies in the input dtype and sets the 2x bound.
+    (default reference_fn) runs on copies in the input dtype and sets the 2x bound. `items` selects
+    the batch items compared (all by default): the references run on those items alone, for inputs
+    too large to copy to float64 whole.
     """
     out = run(*inputs)
-    got = (out, *grads(out, inputs, dout))
+    got = tuple(t[items] for t in (out, *grads(out, inputs, dout)))
+    inputs, dout = tuple(t[items] for t in inputs), dout[items]
     ref_inputs = as_double_leaves(*inputs)
     ref = reference_fn(*ref_inputs)
     want = (ref, *grads(ref, ref_inputs, dout.double()))

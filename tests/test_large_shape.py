@@ -7,17 +7,20 @@ memory; the last batch item of these inputs lies wholly beyond that offset, so i
 tests in their own step).
 """
 
+import math
+
 import pytest
 import torch
 
 from logo_attn import global_attention, local_attention, reference, window_pool
-from oracle import as_double_leaves, as_leaves, assert_matches, grads, require
+from oracle import check_op, require
 
 INT32_LIMIT = 2**31
 GPU_BACKENDS = ("triton", "cuda")
 DTYPE = torch.bfloat16
 GRID, WINDOW, HEADS, HEAD_DIM = (16, 14, 14), (2, 7, 7), 8, 64
 TOKENS = GRID[0] * GRID[1] * GRID[2]
+LAST_ITEM = slice(-1, None)
 
 
 def batch_beyond_int32(elements_per_item: int) -> int:
@@ -25,33 +28,23 @@ def batch_beyond_int32(elements_per_item: int) -> int:
     return INT32_LIMIT // elements_per_item + 2
 
 
-def check_last_item(run, reference_fn, leaves, inputs_of, names):
-    """Run `run` on the whole batch, then compare the last item of its output and of each leaf's
-    gradient with `reference_fn` on that item (float64, and in bf16 for the 2x rule)."""
-    out = run(*inputs_of(leaves))
-    dout = torch.randn_like(out)
-    full_grads = grads(out, leaves, dout)
-    got = (out[-1:], *(g[-1:] for g in full_grads))
-    assert any(leaf[-1:].storage_offset() >= INT32_LIMIT for leaf in leaves), "the input no longer reaches past 2**31"
-    item = [leaf[-1:] for leaf in leaves]
-    expected, lowp = [], []
-    for convert, bucket in ((as_double_leaves, expected), (as_leaves, lowp)):
-        item_leaves = convert(*item)
-        ref = reference_fn(*inputs_of(item_leaves))
-        bucket.extend((ref, *grads(ref, item_leaves, dout[-1:].to(ref.dtype))))
-    for name, actual, want, low in zip(names, got, expected, lowp):
-        assert_matches(name, actual, want, DTYPE, low)
+def randn(*shape):
+    return torch.randn(*shape, device="cuda", dtype=DTYPE)
+
+
+def assert_past_int32(storage: torch.Tensor) -> None:
+    assert storage[LAST_ITEM].storage_offset() >= INT32_LIMIT, "the input no longer reaches past 2**31"
 
 
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
 def test_local_attention_large_shape(backend):
     require(backend, "cuda", DTYPE, HEAD_DIM)
-    B = batch_beyond_int32(TOKENS * 3 * HEADS * HEAD_DIM)
-    qkv = torch.randn(B, TOKENS, 3, HEADS, HEAD_DIM, device="cuda", dtype=DTYPE, requires_grad=True)
-    check_last_item(
-        lambda q, k, v: local_attention(q, k, v, GRID, WINDOW, backend=backend),
-        lambda q, k, v: reference.local_attention(q, k, v, GRID, WINDOW),
-        (qkv,), lambda leaves: leaves[0].unbind(2), ("out", "dqkv"))
+    qkv = randn(batch_beyond_int32(TOKENS * 3 * HEADS * HEAD_DIM), TOKENS, 3, HEADS, HEAD_DIM).requires_grad_()
+    assert_past_int32(qkv)
+    q, k, v = qkv.unbind(2)
+    check_op(lambda q, k, v: local_attention(q, k, v, GRID, WINDOW, backend=backend),
+             lambda q, k, v: reference.local_attention(q, k, v, GRID, WINDOW),
+             (q, k, v), torch.randn_like(q), DTYPE, ("out", "dq", "dk", "dv"), items=LAST_ITEM)
 
 
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
@@ -59,21 +52,20 @@ def test_global_attention_large_shape(backend):
     require(backend, "cuda", DTYPE, HEAD_DIM)
     keys = 32  # the pooled windows of GRID with WINDOW
     B = batch_beyond_int32(TOKENS * HEADS * HEAD_DIM)
-    q = torch.randn(B, TOKENS, HEADS, HEAD_DIM, device="cuda", dtype=DTYPE, requires_grad=True)
-    kv = torch.randn(B, keys, 2, HEADS, HEAD_DIM, device="cuda", dtype=DTYPE, requires_grad=True)
-    check_last_item(
-        lambda q, k, v: global_attention(q, k, v, backend=backend),
-        reference.global_attention,
-        (q, kv), lambda leaves: (leaves[0], *leaves[1].unbind(2)), ("out", "dq", "dkv"))
+    q = randn(B, TOKENS, HEADS, HEAD_DIM).requires_grad_()
+    assert_past_int32(q)
+    k, v = randn(B, keys, 2, HEADS, HEAD_DIM).requires_grad_().unbind(2)
+    check_op(lambda q, k, v: global_attention(q, k, v, backend=backend), reference.global_attention,
+             (q, k, v), torch.randn_like(q), DTYPE, ("out", "dq", "dk", "dv"), items=LAST_ITEM)
 
 
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
 def test_window_pool_large_shape(backend):
     require(backend, "cuda", DTYPE, HEAD_DIM)
     channels = HEADS * HEAD_DIM
-    B = batch_beyond_int32(TOKENS * channels)
-    x = torch.randn(B, TOKENS, channels, device="cuda", dtype=DTYPE, requires_grad=True)
-    check_last_item(
-        lambda x: window_pool(x, GRID, WINDOW, backend=backend),
-        lambda x: reference.window_pool(x, GRID, WINDOW),
-        (x,), lambda leaves: leaves, ("out", "dx"))
+    x = randn(batch_beyond_int32(TOKENS * channels), TOKENS, channels).requires_grad_()
+    assert_past_int32(x)
+    windows = math.prod(reference.num_windows(GRID, WINDOW))
+    check_op(lambda x: window_pool(x, GRID, WINDOW, backend=backend),
+             lambda x: reference.window_pool(x, GRID, WINDOW),
+             (x,), randn(x.shape[0], windows, channels), DTYPE, ("out", "dx"), items=LAST_ITEM)
