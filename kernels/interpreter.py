@@ -4,6 +4,6 @@ Triton reads the variable when a kernel is defined, so it is read here once, at 
 small fixed configs used under the interpreter follow the same decision.
 """
 
-from ..backends import triton_interpreted
+import os
 
-INTERPRETED = triton_interpreted()
+INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")

@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..reference import num_windows
+from ..geometry import num_windows
 from .attn_tile import (
     attend_key_tile, dkdv_query_tile, dq_key_tile, load_query_grads, load_rows, log2_scale, program_coordinates,
     softmax_finish, store_rows,

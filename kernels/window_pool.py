@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..reference import num_windows
+from ..geometry import num_windows
 from .interpreter import INTERPRETED
 from .utils import device_guard, last_dim_contiguous, next_power_of_2
 from .window_index import window_geometry, window_tokens

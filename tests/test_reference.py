@@ -19,27 +19,7 @@ import torch.nn.functional as F
 
 from logo_attn import reference
 from logo_attn.ops import clip_window
-
-
-def coordinates(grid):
-    Fg, H, W = grid
-    t, y, x = torch.meshgrid(torch.arange(Fg), torch.arange(H), torch.arange(W), indexing="ij")
-    return t.flatten(), y.flatten(), x.flatten()
-
-
-def same_window_mask(grid, window):
-    """(N, N) bool: token i may attend token j iff both lie in the same window (DESIGN §1)."""
-    t, y, x = coordinates(grid)
-    f, h, w = window
-    return (
-        (t[:, None] // f == t[None, :] // f) & (y[:, None] // h == y[None, :] // h) & (x[:, None] // w == x[None, :] // w)
-    )
-
-
-def dense_masked_attention(q, k, v, grid, window, scale):
-    scores = torch.einsum("bihd,bjhd->bhij", q, k) * scale
-    scores = scores.masked_fill(~same_window_mask(grid, window), float("-inf"))
-    return torch.einsum("bhij,bjhd->bihd", scores.softmax(-1), v)
+from dense_reference import coordinates, dense_local_attention, same_window_mask
 
 
 # random shapes with odd sizes: border windows, windows larger than the grid, odd head dims
@@ -59,7 +39,7 @@ def test_local_equals_dense_masked_attention(grid, window, heads, head_dim):
     clipped = clip_window(grid, window)
     scale = head_dim**-0.5
     got = reference.local_attention(q, k, v, grid, clipped)
-    want = dense_masked_attention(q, k, v, grid, clipped, scale)
+    want = dense_local_attention(q, k, v, grid, clipped, scale=scale)
     torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
     dout = torch.randn_like(got)
     for g, w in zip(torch.autograd.grad(got, (q, k, v), dout), torch.autograd.grad(want, (q, k, v), dout)):
