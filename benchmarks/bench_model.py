@@ -33,7 +33,7 @@ from benchmarks.environment import ROOT, device_tag, environment, header_line
 from benchmarks.results import table, write_results
 from benchmarks.timing import measure_many, paired_ratio, peak_memory
 from logo_attn.flops import attention_macs, attention_pairs
-from logo_attn.model import ATTENTIONS, LOGOFormer
+from logo_attn.logoformer.model import ATTENTIONS, LOGOFormer
 
 # The paper's Table 2 (FERV39K), "FLOPs" in G. Former-DFER is another architecture (Zhao & Liu 2021:
 # CS-Former + T-Former on ResNet-18 features), listed for reference only.

@@ -41,9 +41,8 @@ from benchmarks.environment import ROOT, Roofline, device_tag, environment, head
 from benchmarks.results import table, write_results
 from benchmarks.timing import measure_many, paired_ratio, peak_memory
 from logo_attn import backends
-from logo_attn.flops import attention_flops, local_attention_pairs
-from logo_attn.ops import clip_window
-from logo_attn.reference import num_windows
+from logo_attn.flops import attention_flops
+from logo_attn.geometry import attended_pairs, clip_window, num_windows
 
 MODES = ("fwd", "bwd", "fwdbwd")
 OPS = ("local", "global", "pool", "layer")
@@ -134,7 +133,7 @@ def local_case(args, grid, backend_names, peer_names, device, dtype) -> Case:
     if "masked_full" in peer_names:
         impls.append(Impl("full sdpa+mask", lambda: peers.masked_full_sdpa(*qkv.unbind(2), grid, window), [qkv]))
     (qkv64,) = _float64([qkv])
-    pairs = local_attention_pairs(grid, window)
+    pairs = attended_pairs(grid, window)
     return Case(
         "local_attention", dict(batch=B, grid=grid, window=window, heads=heads, head_dim=d, keys=None), impls,
         Impl("reference[fp64]", op("torch", qkv64), [qkv64]),

@@ -47,7 +47,7 @@ from benchmarks.results import fmt, table, write_results
 from benchmarks.timing import measure_many, peak_memory
 from logo_attn import backends
 from logo_attn.flops import SCHEMES, attention_macs, attention_pairs, paper_attention_pairs
-from logo_attn.ops import clip_window
+from logo_attn.geometry import clip_window
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 MODEL_GRID, MODEL_WINDOW = (16, 7, 7), (2, 7, 7)  # LOGOFormer's defaults: 16 frames of 112x112 -> 16x7x7

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from logo_attn import LocalGlobalAttention
-from logo_attn.ops import clip_window
+from logo_attn.geometry import clip_window
 from logo_attn.reference import window_partition, window_token_mask, window_unpartition
 
 Grid = Sequence[int]

@@ -1,4 +1,4 @@
-"""Timing and peak memory of a callable, the same way on every benchmark (DESIGN §7).
+"""Timing and peak memory of a callable, the same way on every benchmark.
 
 - CPU: `torch.utils.benchmark.Timer` with the thread count set explicitly; samples are blocks of
   calls sized to take about a tenth of `min_run_time`, repeated until `min_run_time` has passed and
@@ -46,22 +46,6 @@ def _quantiles(values: list[float]) -> tuple[float, float, float]:
     return statistics.median(values), cuts[1], cuts[7]
 
 
-def time_cpu(fn: Callable[[], object], threads: int, min_run_time: float = 1.0, min_samples: int = 5,
-             warmup: int = 2) -> Timing:
-    """`warmup=0` is for a callable the caller has already warmed up: each sample is then one call."""
-    timer = torch_benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
-    number = 1
-    if warmup:
-        first = min(timer.timeit(1).median for _ in range(warmup))
-        number = max(1, int(min_run_time / 10 / max(first, 1e-9)))
-    samples, spent = [], 0.0
-    while len(samples) < min_samples or spent < min_run_time:
-        per_call = timer.timeit(number).median
-        samples.append(per_call)
-        spent += per_call * number
-    return Timing(*_quantiles(samples), samples=len(samples), values=tuple(samples))
-
-
 def time_cpu_interleaved(fns: Sequence[Callable[[], object]], threads: int, min_run_time: float = 1.0,
                          min_samples: int = 5, warmup: int = 2) -> list[Timing]:
     """Time several callables in alternating rounds (A, B, C, A, B, C, ...), so that a change in the
@@ -107,14 +91,6 @@ def measure_many(fns: Sequence[Callable[[], object]], device: torch.device, *, t
     if device.type == "cuda":
         return [time_cuda(fn, rep_ms=max(100.0, min_run_time * 1e3 / 4)) for fn in fns]
     return time_cpu_interleaved(fns, threads, min_run_time=min_run_time, min_samples=min_samples, warmup=warmup)
-
-
-def measure(fn: Callable[[], object], device: torch.device, *, threads: int, min_run_time: float = 1.0,
-            min_samples: int = 5, warmup: int = 2) -> Timing:
-    """Time `fn` on `device` (see the module docstring); on CPU `min_run_time` seconds and `min_samples` samples."""
-    if device.type == "cuda":
-        return time_cuda(fn, rep_ms=max(100.0, min_run_time * 1e3 / 4))
-    return time_cpu(fn, threads, min_run_time=min_run_time, min_samples=min_samples, warmup=warmup)
 
 
 @contextlib.contextmanager

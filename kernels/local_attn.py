@@ -220,7 +220,7 @@ def _check_tokens(q: torch.Tensor) -> None:
         raise ValueError(f"local_attention: the triton backend supports fewer than 2**31 tokens, got {q.shape[1]}")
 
 
-def local_attn_fwd(q, k, v, grid, window, scale):
+def local_attn_fwd(q, k, v, grid, window, shift, bias, scale):
     q, k, v = (last_dim_contiguous(t) for t in (q, k, v))
     _check_tokens(q)
     B, N, heads, _ = q.shape
@@ -237,12 +237,12 @@ def local_attn_fwd(q, k, v, grid, window, scale):
     return out, lse
 
 
-def local_attn_bwd(dout, q, k, v, out, lse, grid, window, scale):
+def local_attn_bwd(dout, q, k, v, out, lse, grid, window, shift, bias, scale, bias_grad):
     dout, q, k, v, out, lse = (last_dim_contiguous(t) for t in (dout, q, k, v, out, lse))
     _check_tokens(q)
     dq, dk, dv = (torch.empty(q.shape, dtype=q.dtype, device=q.device) for _ in range(3))
     if q.numel() == 0:
-        return dq, dk, dv
+        return dq, dk, dv, None
     launch = _Launch(q, grid, window)
     strides = (*dout.stride()[:3], *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
                *lse.stride()[:2], *dq.stride()[:3])
@@ -255,4 +255,4 @@ def local_attn_bwd(dout, q, k, v, out, lse, grid, window, scale):
             local_attn_bwd_kernel_dq[launch.query_blocks](
                 dout, q, k, v, out, lse, dq, *strides, *scalars, **launch.meta,
             )
-    return dq, dk, dv
+    return dq, dk, dv, None

@@ -1,9 +1,16 @@
-"""logo_attn: fast local-global (LOGO-Former) attention for spatio-temporal transformers."""
+"""logo_attn: fast local-global (LOGO-Former) attention for spatio-temporal transformers.
+
+The top level is the kernel library: the ops (`local_attention`, `global_attention`,
+`window_pool`), the layers built on them, the baselines they are compared with, and
+`available_backends`. `LOGOFormer`, the paper's model, lives in the application subpackage
+`logo_attn.logoformer`; it is importable from here too, loaded only when asked for, so importing
+the library never imports the application.
+"""
 
 from ._version import __version__
 from .backends import available_backends
-from .layers import LocalGlobalAttention, LOGOBlock
-from .model import LOGOFormer
+from .baselines import DividedAttention, FullAttention, SpatialAttention
+from .layers import Block, LocalGlobalAttention, LOGOBlock
 from .ops import global_attention, local_attention, window_pool
 
 __all__ = [
@@ -14,5 +21,17 @@ __all__ = [
     "window_pool",
     "LocalGlobalAttention",
     "LOGOBlock",
+    "Block",
+    "FullAttention",
+    "SpatialAttention",
+    "DividedAttention",
     "LOGOFormer",
 ]
+
+
+def __getattr__(name: str):
+    if name == "LOGOFormer":
+        from .logoformer import LOGOFormer
+
+        return LOGOFormer
+    raise AttributeError(f"module 'logo_attn' has no attribute {name!r}")

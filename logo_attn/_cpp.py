@@ -18,12 +18,21 @@ def has_cuda_kernels() -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key("logo_attn_C::local_attn_fwd", "CUDA")
 
 
-def local_attn_fwd(q, k, v, grid, window, scale):
+# What the kernels compute, per device (read by logo_attn.backends); "cuda" only with the CUDA kernels.
+CAPABILITIES = {
+    "cpu": {"device": "cpu", "dtypes": ("bfloat16", "float32", "float64"), "max_head_dim": None, "shift_bias": False},
+}
+if has_cuda_kernels():
+    CAPABILITIES["cuda"] = {"device": "cuda", "dtypes": ("float16", "bfloat16", "float32"), "max_head_dim": 256,
+                            "shift_bias": False}
+
+
+def local_attn_fwd(q, k, v, grid, window, shift, bias, scale):
     return tuple(_ops.local_attn_fwd(q, k, v, grid, window, scale))
 
 
-def local_attn_bwd(dout, q, k, v, out, lse, grid, window, scale):
-    return tuple(_ops.local_attn_bwd(dout, q, k, v, out, lse, grid, window, scale))
+def local_attn_bwd(dout, q, k, v, out, lse, grid, window, shift, bias, scale, bias_grad):
+    return (*_ops.local_attn_bwd(dout, q, k, v, out, lse, grid, window, scale), None)
 
 
 def global_attn_fwd(q, k, v, scale):

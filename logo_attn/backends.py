@@ -3,15 +3,20 @@
 A backend is a module exposing the six functions of the backend protocol (see `PROTOCOL`), all on
 real tensors, all returning freshly allocated contiguous tensors:
 
-    local_attn_fwd(q, k, v, grid, window, scale)                   -> (out, lse)
-    local_attn_bwd(dout, q, k, v, out, lse, grid, window, scale)   -> (dq, dk, dv)
-    global_attn_fwd(q, k, v, scale)                                -> (out, lse)
-    global_attn_bwd(dout, q, k, v, out, lse, scale)                -> (dq, dk, dv)
-    window_pool_fwd(x, grid, window)                               -> out
-    window_pool_bwd(dout, grid, window)                            -> dx
+    local_attn_fwd(q, k, v, grid, window, shift, bias, scale)                        -> (out, lse)
+    local_attn_bwd(dout, q, k, v, out, lse, grid, window, shift, bias, scale, bias_grad) -> (dq, dk, dv, dbias)
+    global_attn_fwd(q, k, v, scale)                                                  -> (out, lse)
+    global_attn_bwd(dout, q, k, v, out, lse, scale)                                  -> (dq, dk, dv)
+    window_pool_fwd(x, grid, window)                                                 -> out
+    window_pool_bwd(dout, grid, window)                                              -> dx
 
-q/k/v are (B, N, heads, d) with any strides, lse is (B, heads, N) in fp32 (fp64 for fp64 inputs).
-Like xformers' ``not_supported_reasons``, every refusal comes with a sentence saying why.
+q/k/v are (B, N, heads, d) with any strides, lse is (B, heads, N) in fp32 (fp64 for fp64 inputs);
+window is clipped to the grid and shift zeroed on clipped axes; dbias is None unless a bias is
+given and bias_grad is set. Each module declares what it computes beside its code, as a plain dict
+``CAPABILITY = {"device": "cuda" | "cpu" | None, "dtypes": (names...), "max_head_dim": int | None,
+"shift_bias": bool}`` (the C++ adapter one per device, read from the extension itself); this module
+only reads them. Like xformers' ``not_supported_reasons``, every refusal comes with a sentence
+saying why.
 """
 
 from __future__ import annotations
@@ -30,38 +35,33 @@ PROTOCOL = (
 
 # Module implementing the protocol, per backend. "cpu" and "cuda" share the C++ extension: the
 # dispatcher picks the kernel by the tensors' device.
-_MODULES = {"torch": "logo_attn.reference", "triton": "logo_attn.kernels", "cpu": "logo_attn._cpp", "cuda": "logo_attn._cpp"}
-
-_HALF = (torch.float16, torch.bfloat16)
-
-
-@dataclass(frozen=True)
-class Capability:
-    """What a backend computes: device type, dtypes and the largest head dim its kernels hold."""
-
-    device: str | None  # None: any device
-    dtypes: tuple[torch.dtype, ...]
-    max_head_dim: int | None = None
-
-
-CAPABILITIES = {
-    "torch": Capability(None, (*_HALF, torch.float32, torch.float64)),
-    "triton": Capability("cuda", (*_HALF, torch.float32), max_head_dim=128),
-    "cuda": Capability("cuda", (*_HALF, torch.float32), max_head_dim=256),
-    "cpu": Capability("cpu", (torch.bfloat16, torch.float32, torch.float64)),
-}
+MODULES = {"torch": "logo_attn.reference", "triton": "logo_attn.kernels", "cpu": "logo_attn._cpp",
+           "cuda": "logo_attn._cpp"}
 
 # The order "auto" tries, per device type; the reference always closes the list.
 AUTO_ORDER = {"cuda": ("triton", "cuda", "torch"), "cpu": ("cpu", "torch")}
 
 
 @dataclass(frozen=True)
+class Capability:
+    """What a backend computes: device type (None: any), dtypes, the largest head dim its kernels
+    hold (None: any), and whether its local attention takes shifted windows and a bias table."""
+
+    device: str | None
+    dtypes: tuple[torch.dtype, ...]
+    max_head_dim: int | None
+    shift_bias: bool
+
+    @classmethod
+    def from_declaration(cls, declared: dict) -> Capability:
+        dtypes = tuple(getattr(torch, name) for name in declared["dtypes"])
+        return cls(declared["device"], dtypes, declared["max_head_dim"], declared["shift_bias"])
+
+
+@dataclass(frozen=True)
 class BackendStatus:
     available: bool
     reason: str
-
-    def __bool__(self) -> bool:
-        return self.available
 
 
 def triton_interpreted() -> bool:
@@ -70,51 +70,50 @@ def triton_interpreted() -> bool:
 
 
 @functools.cache
-def _import_problem(backend: str) -> str | None:
-    """Why the backend's module cannot be imported, or None if it imports and implements the protocol."""
+def _module(backend: str):
+    """The backend's protocol module, or the sentence saying why it cannot be imported."""
     if backend == "triton" and importlib.util.find_spec("triton") is None:
         return "Triton is not installed (pip install triton)"
     try:
-        module = importlib.import_module(_MODULES[backend])
+        module = importlib.import_module(MODULES[backend])
     except ImportError as error:
         if backend in ("cpu", "cuda"):
-            return (
-                f"the C++ extension logo_attn._C was not built ({error}); "
-                "install with `pip install --no-build-isolation .` next to an installed torch"
-            )
-        return f"{_MODULES[backend]} failed to import: {error}"
+            return f"the C++ extension logo_attn._C is not available ({error}); reinstall with `pip install .`"
+        return f"{MODULES[backend]} failed to import: {error}"
     missing = [name for name in PROTOCOL if not hasattr(module, name)]
     if missing:
-        return f"{_MODULES[backend]} does not implement {', '.join(missing)}"
-    return None
+        return f"{MODULES[backend]} does not implement {', '.join(missing)}"
+    return module
 
 
-def _cuda_kernels_problem() -> str | None:
-    problem = _import_problem("cuda")
-    if problem:
-        return problem
-    if torch.version.cuda is None:
-        return "the CUDA extension needs a PyTorch with CUDA, and this one is CPU-only (torch.version.cuda is None)"
-    if not importlib.import_module("logo_attn._cpp").has_cuda_kernels():
-        return (
-            "logo_attn._C was built without its CUDA kernels (nvcc was not found at build time, or "
-            "LOGO_ATTN_SKIP_CUDA=1); reinstall with LOGO_ATTN_FORCE_CUDA=1 to build them or see why they fail"
-        )
-    return None
+@functools.cache
+def capability(backend: str) -> Capability | None:
+    """What `backend` computes, as its module declares it; None when the module cannot be imported
+    or (the C++ extension without its CUDA kernels) declares nothing for that backend."""
+    module = _module(backend)
+    if isinstance(module, str):
+        return None
+    declared = module.CAPABILITIES.get(backend) if backend in ("cpu", "cuda") else module.CAPABILITY
+    return None if declared is None else Capability.from_declaration(declared)
 
 
 def _install_problem(backend: str) -> str | None:
     """Why the backend cannot run on any tensor of this install, or None."""
-    if backend == "torch":
-        return None
+    module = _module(backend)
+    if isinstance(module, str):
+        return module
     if backend == "cuda":
-        return _cuda_kernels_problem()
-    return _import_problem(backend)
+        if torch.version.cuda is None:
+            return "the CUDA extension needs a PyTorch with CUDA, and this one is CPU-only (torch.version.cuda is None)"
+        if capability("cuda") is None:
+            return ("logo_attn._C was built without its CUDA kernels (nvcc was not found at build time, or "
+                    "LOGO_ATTN_SKIP_CUDA=1); reinstall with LOGO_ATTN_FORCE_CUDA=1 to build them or see why they fail")
+    return None
 
 
 def _device_problem(backend: str, device_type: str) -> str | None:
     """Why the backend cannot run on tensors of this device type, or None."""
-    wanted = CAPABILITIES[backend].device
+    wanted = capability(backend).device
     if wanted is None or wanted == device_type:
         return None
     if backend == "triton" and device_type == "cpu":
@@ -142,9 +141,9 @@ def _interpreter_problem() -> str | None:
     return None
 
 
-def _input_problem(backend: str, device_type: str, dtype: torch.dtype, head_dim: int) -> str | None:
-    """Why the backend cannot compute this dtype or head dim, or None."""
-    cap = CAPABILITIES[backend]
+def _input_problem(backend: str, device_type: str, dtype: torch.dtype, head_dim: int, shift_bias: bool) -> str | None:
+    """Why the backend cannot compute this dtype, head dim or local-attention variant, or None."""
+    cap = capability(backend)
     if dtype not in cap.dtypes:
         names = ", ".join(str(d).removeprefix("torch.") for d in cap.dtypes)
         return f"backend {backend!r} computes {names}, got {str(dtype).removeprefix('torch.')}"
@@ -152,15 +151,17 @@ def _input_problem(backend: str, device_type: str, dtype: torch.dtype, head_dim:
         return "Triton's interpreter computes bfloat16 tl.dot wrongly; use float16/float32 on CPU or a GPU"
     if cap.max_head_dim is not None and head_dim > cap.max_head_dim:
         return f"backend {backend!r} supports head_dim up to {cap.max_head_dim}, got {head_dim}"
+    if shift_bias and not cap.shift_bias:
+        return f"backend {backend!r} has no shifted windows or relative-position bias"
     return None
 
 
-def why_not(backend: str, device_type: str, dtype: torch.dtype, head_dim: int) -> str | None:
+def why_not(backend: str, device_type: str, dtype: torch.dtype, head_dim: int, shift_bias: bool = False) -> str | None:
     """The first reason `backend` cannot run on these inputs, or None when it can."""
     return (
         _install_problem(backend)
         or _device_problem(backend, device_type)
-        or _input_problem(backend, device_type, dtype, head_dim)
+        or _input_problem(backend, device_type, dtype, head_dim, shift_bias)
     )
 
 
@@ -170,7 +171,8 @@ def check_name(backend: object) -> None:
 
 
 @functools.lru_cache(maxsize=None)
-def choose(backend: str, device_type: str, dtype: torch.dtype, head_dim: int, interpreted: bool) -> str:
+def choose(backend: str, device_type: str, dtype: torch.dtype, head_dim: int, interpreted: bool,
+           shift_bias: bool = False) -> str:
     """Resolve `backend` for inputs of this device type, dtype and head dim to a concrete backend name.
 
     "auto" takes the first backend of `AUTO_ORDER` that can run; an explicit backend that cannot
@@ -179,20 +181,20 @@ def choose(backend: str, device_type: str, dtype: torch.dtype, head_dim: int, in
     check_name(backend)
     if backend == "auto":
         for candidate in AUTO_ORDER.get(device_type, ("torch",)):
-            if why_not(candidate, device_type, dtype, head_dim) is None:
+            if why_not(candidate, device_type, dtype, head_dim, shift_bias) is None:
                 return candidate
         return "torch"
-    problem = why_not(backend, device_type, dtype, head_dim)
+    problem = why_not(backend, device_type, dtype, head_dim, shift_bias)
     if problem:
         raise ValueError(f"backend {backend!r} cannot run here: {problem}")
     return backend
 
 
-def module_for(backend: str, tensor: torch.Tensor, head_dim: int | None = None):
+def module_for(backend: str, tensor: torch.Tensor, head_dim: int | None = None, shift_bias: bool = False):
     """The protocol module that computes `backend` for inputs like `tensor` (resolving "auto")."""
     head_dim = tensor.shape[-1] if head_dim is None else head_dim
-    name = choose(backend, tensor.device.type, tensor.dtype, int(head_dim), triton_interpreted())
-    return importlib.import_module(_MODULES[name])
+    name = choose(backend, tensor.device.type, tensor.dtype, int(head_dim), triton_interpreted(), shift_bias)
+    return _module(name)
 
 
 def available_backends() -> dict[str, BackendStatus]:
@@ -201,7 +203,7 @@ def available_backends() -> dict[str, BackendStatus]:
     status = {}
     for name in ("triton", "cuda", "cpu", "torch"):
         problem = _install_problem(name)
-        if problem is None and CAPABILITIES[name].device == "cuda" and not has_gpu:
+        if problem is None and capability(name).device == "cuda" and not has_gpu:
             problem = _device_problem(name, "cpu") if name == "triton" else "no CUDA device is visible"
             if problem is None:
                 status[name] = BackendStatus(True, "available on CPU tensors under the Triton interpreter")

@@ -1,7 +1,8 @@
 """Exact attention cost of the ops, counted in attended (query, key) pairs.
 
 One formula serves the FLOP counter registered on the ops (`logo_attn.ops`), the benchmarks and the
-analytic tables, so the three can never disagree. Convention (PyTorch's `FlopCounterMode`, which
+analytic tables, so the three can never disagree; attended pairs of windowed attention come from
+`logo_attn.geometry.attended_pairs`. Convention (PyTorch's `FlopCounterMode`, which
 counts `scaled_dot_product_attention` the same way): a forward pass does two matmuls per pair,
 q.k and p.v, each 2*d FLOPs (one multiply-add = 2 FLOPs); the backward pass does five (recompute
 q.k, then dO.v, p^T.dO, dS.k and dS^T.q), i.e. 2.5x the forward. Pooling, softmax and scaling are
@@ -17,26 +18,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from .geometry import attended_pairs, clip_window, window_count
+
 FORWARD_MATMULS = 2
 BACKWARD_MATMULS = 5
-
-
-def segment_square_sum(size: int, window: int) -> int:
-    """Sum of squared segment lengths when `size` is cut into pieces of `window` (the last may be short)."""
-    full, rest = divmod(size, window)
-    return full * window * window + rest * rest
-
-
-def local_attention_pairs(grid: Sequence[int], window: Sequence[int]) -> int:
-    """Attended pairs of windowed attention over one (batch, head): sum over windows of tokens^2.
-
-    A window's token count is the product of its per-axis lengths, so the sum over all windows
-    factorises into a product over the three axes; border windows are counted exactly.
-    """
-    pairs = 1
-    for size, win in zip(grid, window):
-        pairs *= segment_square_sum(int(size), min(int(win), int(size)))
-    return pairs
 
 
 def attention_flops(pairs: int, batch: int, heads: int, head_dim: int, *, backward: bool = False) -> int:
@@ -57,14 +42,6 @@ def attention_flops(pairs: int, batch: int, heads: int, head_dim: int, *, backwa
 SCHEMES = ("full", "divided", "spatial", "logo")
 
 
-def pooled_windows(grid: Sequence[int], window: Sequence[int]) -> int:
-    """M: the number of windows, border windows included (a window larger than the grid is clipped)."""
-    count = 1
-    for size, win in zip(grid, window):
-        count *= -(-int(size) // min(int(win), int(size)))
-    return count
-
-
 def full_attention_pairs(grid: Sequence[int], prefix: int = 0) -> int:
     """Full space-time attention: every token (prefix included) attends every token, (N + P)^2."""
     return (math.prod(grid) + prefix) ** 2
@@ -83,9 +60,10 @@ def divided_attention_pairs(grid: Sequence[int], prefix: int = 0) -> int:
 
 
 def logo_attention_pairs(grid: Sequence[int], window: Sequence[int], prefix: int = 0) -> int:
-    """LOGO: local attention inside windows (border windows exact) plus global attention of all N + P
-    tokens over the M pooled windows and the P prefix tokens."""
-    return local_attention_pairs(grid, window) + (math.prod(grid) + prefix) * (pooled_windows(grid, window) + prefix)
+    """LOGO: local attention inside windows (border windows exact, a window larger than the grid
+    clipped) plus global attention of all N + P tokens over the M pooled windows and the P prefix tokens."""
+    window = clip_window(grid, window)
+    return attended_pairs(grid, window) + (math.prod(grid) + prefix) * (window_count(grid, window) + prefix)
 
 
 def attention_pairs(scheme: str, grid: Sequence[int], window: Sequence[int] | None = None, prefix: int = 0) -> int:

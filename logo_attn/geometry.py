@@ -24,7 +24,7 @@ NO_SHIFT: Triple = (0, 0, 0)
 
 def clip_window(grid: Sequence[int], window: Sequence[int]) -> Triple:
     """A window larger than the grid is clipped to it, axis by axis."""
-    return tuple(min(int(w), int(g)) for w, g in zip(window, grid))
+    return tuple(min(w, g) for w, g in zip(window, grid))  # no int(): torch.compile passes SymInts
 
 
 def clip_shift(grid: Sequence[int], window: Sequence[int], shift: Sequence[int]) -> Triple:
@@ -32,7 +32,7 @@ def clip_shift(grid: Sequence[int], window: Sequence[int], shift: Sequence[int])
 
     `window` is the window before clipping; `shift` must already satisfy 0 <= shift < window.
     """
-    return tuple(0 if int(w) >= int(g) else int(s) for g, w, s in zip(grid, window, shift))
+    return tuple(0 if w >= g else s for g, w, s in zip(grid, window, shift))
 
 
 def axis_offset(window: int, shift: int) -> int:

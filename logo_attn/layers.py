@@ -1,4 +1,4 @@
-"""LocalGlobalAttention and LOGOBlock: the LOGO-Former layer built on the three ops."""
+"""LocalGlobalAttention, the LOGO-Former layer built on the three ops, and the blocks around it."""
 
 from __future__ import annotations
 
@@ -9,9 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import backends, ops, reference
+from . import backends, reference
+from .checks import as_grid, as_window, check_heads, check_prefix_tokens
+from .geometry import clip_window
+from .ops import global_attention, local_attention, window_pool
 
-__all__ = ["LocalGlobalAttention", "LOGOBlock", "Mlp"]
+__all__ = ["LocalGlobalAttention", "LOGOBlock", "Block", "Mlp"]
 
 
 class LocalGlobalAttention(nn.Module):
@@ -65,18 +68,16 @@ class LocalGlobalAttention(nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
+        num_heads = check_heads(dim, num_heads)
         if pool not in ("avg", "conv"):
             raise ValueError(f"pool must be 'avg' or 'conv', got {pool!r}")
-        if num_prefix_tokens < 0:
-            raise ValueError(f"num_prefix_tokens must be >= 0, got {num_prefix_tokens}")
         backends.check_name(backend)
+        self.dim = dim
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        self.window = ops.as_triple(window, "window")
+        self.window = as_window(window)
         self.pool = pool
-        self.num_prefix_tokens = num_prefix_tokens
+        self.num_prefix_tokens = check_prefix_tokens(num_prefix_tokens)
         self.attn_drop = attn_drop
         self.backend = backend
         if attn_drop > 0 and backend not in ("auto", "torch"):
@@ -108,18 +109,18 @@ class LocalGlobalAttention(nn.Module):
 
     def _local(self, q: Tensor, k: Tensor, v: Tensor, grid: tuple[int, int, int]) -> Tensor:
         if self._dropout_active():
-            window = ops.clip_window(grid, self.window)
+            window = clip_window(grid, self.window)
             return reference.local_attention_with_lse(q, k, v, grid, window, dropout_p=self.attn_drop)[0]
-        return ops.local_attention(q, k, v, grid, self.window, backend=self.backend)
+        return local_attention(q, k, v, grid, self.window, backend=self.backend)
 
     def _global(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         if self._dropout_active():
             return reference.global_attention_with_lse(q, k, v, dropout_p=self.attn_drop)[0]
-        return ops.global_attention(q, k, v, backend=self.backend)
+        return global_attention(q, k, v, backend=self.backend)
 
     def _pool(self, y_grid: Tensor, grid: tuple[int, int, int]) -> Tensor:
         if self.pool_conv is None:
-            return ops.window_pool(y_grid, grid, self.window, backend=self.backend)
+            return window_pool(y_grid, grid, self.window, backend=self.backend)
         B, _, C = y_grid.shape
         volume = y_grid.transpose(1, 2).reshape(B, C, *grid)
         pad = []
@@ -129,13 +130,14 @@ class LocalGlobalAttention(nn.Module):
 
     def forward(self, x: Tensor, grid: Sequence[int]) -> Tensor:
         """x: (B, num_prefix_tokens + F*H*W, dim); grid: (F, H, W). Returns the same shape."""
-        grid = ops.as_triple(grid, "grid")
+        grid = as_grid(grid)
         P = self.num_prefix_tokens
-        if x.dim() != 3:
-            raise ValueError(f"x must be (B, tokens, dim), got shape {tuple(x.shape)}")
-        if x.shape[1] != P + grid[0] * grid[1] * grid[2]:
+        expected = P + grid[0] * grid[1] * grid[2]
+        if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[1] != expected or x.shape[2] != self.dim:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(
-                f"x has {x.shape[1]} tokens but num_prefix_tokens + F*H*W = {P} + {grid[0] * grid[1] * grid[2]}"
+                f"LocalGlobalAttention: x must be (B, num_prefix_tokens + F*H*W, dim) = (B, {P} + "
+                f"{expected - P}, {self.dim}) for grid {grid}, got {shape}"
             )
         x_prefix, x_grid = x[:, :P], x[:, P:]
 
@@ -169,11 +171,26 @@ class Mlp(nn.Module):
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 
-class LOGOBlock(nn.Module):
-    """One LOGO-Former block, eq. (7): ``x = LGA(x); x = x + MLP(LN(x))``.
+class Block(nn.Module):
+    """A transformer block around any attention layer that carries its own residual, eq. (7):
+    ``x = attn(x, grid); x = x + MLP(LN(x))``. The attention layers are `LocalGlobalAttention` and
+    the baselines of `logo_attn.baselines`."""
 
-    `LocalGlobalAttention` already carries the residuals of eqs. (1) and (6).
-    """
+    def __init__(self, attn: nn.Module, dim: int, mlp_ratio: float = 4.0, drop: float = 0.0,
+                 norm_layer: type[nn.Module] = nn.LayerNorm) -> None:
+        super().__init__()
+        self.attn = attn
+        self.norm = norm_layer(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+
+    def forward(self, x: Tensor, grid: Sequence[int]) -> Tensor:
+        x = self.attn(x, grid)
+        return x + self.mlp(self.norm(x))
+
+
+class LOGOBlock(Block):
+    """One LOGO-Former block: `LocalGlobalAttention` (which carries the residuals of eqs. (1) and
+    (6)) followed by the MLP of eq. (7)."""
 
     def __init__(
         self,
@@ -189,13 +206,7 @@ class LOGOBlock(nn.Module):
         norm_layer: type[nn.Module] = nn.LayerNorm,
         backend: str = "auto",
     ) -> None:
-        super().__init__()
-        self.attn = LocalGlobalAttention(
+        attn = LocalGlobalAttention(
             dim, num_heads, window, pool, num_prefix_tokens, qkv_bias, attn_drop, proj_drop, norm_layer, backend
         )
-        self.norm = norm_layer(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), proj_drop)
-
-    def forward(self, x: Tensor, grid: Sequence[int]) -> Tensor:
-        x = self.attn(x, grid)
-        return x + self.mlp(self.norm(x))
+        super().__init__(attn, dim, mlp_ratio, proj_drop, norm_layer)

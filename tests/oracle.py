@@ -1,7 +1,7 @@
 """What every backend suite shares: the backend/device/dtype matrix, inputs in several stride layouts,
 float64 references with gradients by autograd, and the tolerance rules.
 
-Tolerances (one table, DESIGN §6):
+Tolerances (one table):
 - float64 / float32: max |error| <= TOLERANCE[dtype] * max(1, max |reference|).
 - float16 / bfloat16: the flash-attn rule. The error of the backend is at most twice the error of
   the PyTorch reference computed in that same low precision (`compute_dtype=dtype`: matmuls and
@@ -28,8 +28,18 @@ HALF = (torch.float16, torch.bfloat16)
 BACKEND_DEVICES = (("torch", "cpu"), ("cpu", "cpu"), ("triton", "cpu"), ("torch", "cuda"), ("triton", "cuda"), ("cuda", "cuda"))
 
 
+# What each backend must compute: the tests' own expectation, checked against what the backends
+# declare (tests/test_backends.py), so a backend that silently drops a dtype fails.
+EXPECTED_DTYPES = {
+    "torch": (torch.float64, torch.float32, torch.float16, torch.bfloat16),
+    "cpu": (torch.float64, torch.float32, torch.bfloat16),
+    "triton": (torch.float32, torch.float16, torch.bfloat16),
+    "cuda": (torch.float32, torch.float16, torch.bfloat16),
+}
+
+
 def dtypes_for(backend: str, device: str) -> tuple[torch.dtype, ...]:
-    dtypes = backends.CAPABILITIES[backend].dtypes
+    dtypes = EXPECTED_DTYPES[backend]
     if backend == "triton" and device == "cpu":  # the interpreter computes bf16 tl.dot wrongly
         dtypes = tuple(d for d in dtypes if d != torch.bfloat16)
     return dtypes
@@ -49,13 +59,14 @@ def backend_params():
     return [pytest.param(b, d, id=f"{b}-{d}") for b, d in BACKEND_DEVICES]
 
 
-def require(backend: str, device: str, dtype: torch.dtype = torch.float32, head_dim: int = 16) -> None:
+def require(backend: str, device: str, dtype: torch.dtype = torch.float32, head_dim: int = 16,
+            shift_bias: bool = False) -> None:
     """Skip for what the machine lacks (a GPU); fail when the install lacks a backend it should have."""
     if device == "cuda" and not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU; this machine has none")
     if backend == "triton" and device == "cpu" and not backends.triton_interpreted():
         pytest.skip("TRITON_INTERPRET is unset because a GPU is present: Triton is tested on CUDA here")
-    problem = backends.why_not(backend, device, dtype, head_dim)
+    problem = backends.why_not(backend, device, dtype, head_dim, shift_bias)
     if problem:
         pytest.fail(f"backend {backend!r} should run on {device} {dtype} here but cannot: {problem}")
 
@@ -63,6 +74,16 @@ def require(backend: str, device: str, dtype: torch.dtype = torch.float32, head_
 # --------------------------------------------------------------------------------------------------
 # Inputs
 # --------------------------------------------------------------------------------------------------
+
+# Inputs past 2**31 elements (GPU tests): the last batch item lies wholly beyond that offset.
+INT32_LIMIT = 2**31
+LAST_ITEM = slice(-1, None)
+
+
+def batch_beyond_int32(elements_per_item: int) -> int:
+    """The smallest batch whose last item starts past element 2**31."""
+    return INT32_LIMIT // elements_per_item + 2
+
 
 LAYOUTS = ("contiguous", "packed", "heads_first")
 

@@ -1,4 +1,5 @@
-"""available_backends(), `python -m logo_attn.info`, and what backend="auto" picks."""
+"""The dispatcher: available_backends(), `python -m logo_attn.info`, what backend="auto" picks, and
+that each backend declares what the tests expect it to compute."""
 
 import os
 import subprocess
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 from logo_attn import available_backends, backends
+from oracle import EXPECTED_DTYPES
 
 
 def test_every_backend_is_reported_with_a_reason():
@@ -23,7 +25,7 @@ def test_cuda_backend_reports_why_without_a_gpu():
         pytest.skip("this machine has a GPU")
     status = available_backends()["cuda"]
     assert not status.available
-    assert any(word in status.reason for word in ("CPU-only", "no CUDA device", "not built", "without its CUDA kernels"))
+    assert any(word in status.reason for word in ("CPU-only", "no CUDA device", "not available", "without its CUDA kernels"))
 
 
 def test_info_module_prints_the_table():
@@ -33,15 +35,29 @@ def test_info_module_prints_the_table():
     assert f"torch {torch.__version__}" in result.stdout
 
 
-def test_auto_prefers_cpp_kernels_on_cpu_and_falls_back_for_other_dtypes():
-    interpreted = backends.triton_interpreted()
-    assert backends.choose("auto", "cpu", torch.float16, 64, interpreted) == "torch"  # no fp16 C++ CPU kernel
-    expected = "cpu" if backends.why_not("cpu", "cpu", torch.float32, 64) is None else "torch"
-    assert backends.choose("auto", "cpu", torch.float32, 64, interpreted) == expected
+@pytest.mark.parametrize("name", ["torch", "cpu", "triton"])
+def test_declared_capabilities_are_the_expected_ones(name):
+    capability = backends.capability(name)
+    if capability is None:
+        pytest.fail(f"backend {name!r} declares nothing here: {available_backends()[name].reason}")
+    assert set(capability.dtypes) == set(EXPECTED_DTYPES[name])
+    assert capability.device == {"torch": None, "cpu": "cpu", "triton": "cuda"}[name]
 
 
-def test_auto_never_picks_the_interpreter():
-    assert backends.choose("auto", "cpu", torch.float32, 64, True) in ("cpu", "torch")
+def test_auto_on_cpu_tensors():
+    """C++ kernels for what they compute, the reference for the rest; never the Triton interpreter,
+    although it is enabled here and could run float16."""
+    if torch.cuda.is_available():
+        pytest.skip("the interpreter is only enabled on machines without a GPU")
+    assert backends.triton_interpreted(), "conftest runs the suite under the Triton interpreter on this machine"
+    for dtype, expected in ((torch.float32, "cpu"), (torch.float64, "cpu"), (torch.bfloat16, "cpu"),
+                            (torch.float16, "torch")):
+        assert backends.choose("auto", "cpu", dtype, 64, backends.triton_interpreted()) == expected
+
+
+def test_auto_falls_back_when_a_backend_cannot_take_the_input():
+    # head_dim beyond the CUDA/Triton limits is a GPU matter; on CPU a missing variant is the example
+    assert backends.choose("auto", "cpu", torch.float16, 64, False, shift_bias=True) == "torch"
 
 
 @pytest.mark.skipif(os.environ.get("LOGO_ATTN_FORCE_CPP", "0") in ("", "0"), reason="only a forced C++ build must have it")

@@ -17,8 +17,9 @@ if str(ROOT) not in sys.path:  # `benchmarks` is a folder of the checkout, not a
 import logo_attn  # noqa: E402
 from benchmarks import bench_ops, flops_vs_timesformer, peers, schemes  # noqa: E402
 from benchmarks.counting import count_flops  # noqa: E402
-from benchmarks.timing import Timing, measure, paired_ratio, peak_memory, time_cpu_interleaved  # noqa: E402
+from benchmarks.timing import Timing, measure_many, paired_ratio, peak_memory, time_cpu_interleaved  # noqa: E402
 from logo_attn import flops  # noqa: E402
+from logo_attn.geometry import attended_pairs  # noqa: E402
 
 # (grid, window): divisible, border windows on every axis, window larger than the grid
 GRIDS = [((4, 6, 6), (2, 3, 3)), ((3, 5, 7), (2, 3, 3)), ((2, 3, 2), (4, 7, 7))]
@@ -106,33 +107,20 @@ def test_counted_flops_on_real_tensors_equal_analytic(scheme, prefix):
     assert counted["other"] == 0
 
 
-def masked_attention(attn, x, mask):
-    """`attn` over all tokens with an explicit mask: the definition the reshaping layers must match."""
-    q, k, v = attn.qkv(x).unflatten(-1, (3, attn.num_heads, -1)).permute(2, 0, 3, 1, 4)
-    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    return attn.proj(out.transpose(1, 2).flatten(2))
+def test_schemes_are_the_layers_the_model_trains():
+    from logo_attn.logoformer.model import LOGOFormer
 
-
-def test_divided_and_spatial_layers_equal_masked_attention():
-    grid = (3, 4, 5)
-    t, y, x_ = torch.tensor([(a, b, c) for a in range(3) for b in range(4) for c in range(5)]).T
-    same_frame = t[:, None] == t[None, :]
-    same_place = (y[:, None] == y[None, :]) & (x_[:, None] == x_[None, :])
-    x = torch.randn(2, math.prod(grid), 16, dtype=torch.float64)
-
-    spatial = schemes.build("spatial", 16, 2).double()
-    expected = x + masked_attention(spatial.attn, spatial.norm(x), same_frame)
-    assert close(spatial(x, grid), expected)
-
-    divided = schemes.build("divided", 16, 2).double()
-    y_ = x + masked_attention(divided.temporal_attn, divided.temporal_norm(x), same_place)
-    expected = y_ + masked_attention(divided.spatial.attn, divided.spatial.norm(y_), same_frame)
-    assert close(divided(x, grid), expected)
+    for scheme, layer in (("full", logo_attn.FullAttention), ("divided", logo_attn.DividedAttention),
+                          ("logo", logo_attn.LocalGlobalAttention)):
+        assert type(schemes.build(scheme, 16, 2, (2, 2, 2))) is layer
+        model = LOGOFormer(num_frames=2, img_size=32, embed_dim=16, depth=1, num_heads=2, window=(2, 2, 2),
+                           attention=scheme)
+        assert type(model.blocks[0].attn) is layer
 
 
 def test_timing_quantiles_are_ordered():
-    timing = measure(lambda: torch.randn(64, 64) @ torch.randn(64, 64), torch.device("cpu"), threads=1,
-                     min_run_time=0.02, min_samples=5)
+    (timing,) = measure_many([lambda: torch.randn(64, 64) @ torch.randn(64, 64)], torch.device("cpu"), threads=1,
+                             min_run_time=0.02, min_samples=5)
     assert isinstance(timing, Timing) and timing.samples >= 5
     assert 0 < timing.p20 <= timing.median <= timing.p80
 
@@ -170,7 +158,7 @@ def test_bench_ops_runs_and_checks_every_row(tmp_path):
     assert all(r["status"] == "ok" for r in rows), [r["status"] for r in rows if r["status"] != "ok"]
     assert all(r["check_rel_err"] < 1e-4 and r["median_ms"] > 0 and r["peak_mib"] >= 0 for r in rows)
     local_fwd = next(r for r in rows if r["op"] == "local_attention" and r["mode"] == "fwd")
-    pairs = flops.local_attention_pairs((3, 5, 4), (2, 3, 3))
+    pairs = attended_pairs((3, 5, 4), (2, 3, 3))
     assert local_fwd["tflops"] == pytest.approx(flops.attention_flops(pairs, 1, 2, 16) / local_fwd["median_ms"] / 1e9)
     saved = json.loads(out.with_suffix(".json").read_text())
     assert saved["environment"]["torch"] == torch.__version__ and len(saved["rows"]) == len(rows)

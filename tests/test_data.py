@@ -4,12 +4,12 @@ import pytest
 import torch
 from PIL import Image
 
-from logo_attn import augment
-from logo_attn.data import (
+from logo_attn.logoformer import augment
+from logo_attn.logoformer.data import (
     EMOTIONS, ClipRecord, FrameClipDataset, list_frames, load_frames, read_annotation_list, read_dfew, read_ferv39k,
     sample_indices, split_train_val,
 )
-from logo_attn.synthetic import COLOURS, QUADRANTS, TurningWheel
+from logo_attn.logoformer.synthetic import COLOURS, QUADRANTS, TurningWheel
 
 
 def write_clip(folder, frames, size=(24, 20), suffix=".png", name="{:05d}", seed=0):

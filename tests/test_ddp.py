@@ -10,9 +10,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from logo_attn.losses import CompactLoss
-from logo_attn.optim import SAM
-from logo_attn.train import Runtime, TrainConfig, train_step
+from logo_attn.logoformer.losses import CompactLoss
+from logo_attn.logoformer.optim import SAM
+from logo_attn.logoformer.config import TrainConfig
+from logo_attn.logoformer.distributed import Runtime
+from logo_attn.logoformer.loop import train_step
 
 MODEL = dict(num_classes=4, num_frames=4, img_size=16, embed_dim=24, depth=1, num_heads=2, window=(2, 1, 1))
 

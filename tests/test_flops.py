@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from logo_attn import flops
-from logo_attn.reference import num_windows
 
 # (grid, window): divisible, non-divisible on every axis, window larger than the grid, single frame
 CASES = [((4, 6, 6), (2, 3, 3)), ((5, 7, 4), (2, 3, 3)), ((3, 2, 5), (4, 7, 2)), ((1, 5, 5), (2, 2, 2))]
@@ -46,12 +45,6 @@ def test_attention_pairs_match_brute_force(scheme, grid, window, prefix):
     assert flops.attention_pairs(scheme, grid, window, prefix) == brute_force_pairs(scheme, grid, window, prefix)
 
 
-@pytest.mark.parametrize("grid,window", CASES)
-def test_pooled_windows_match_reference(grid, window):
-    clipped = [min(w, g) for w, g in zip(window, grid)]
-    assert flops.pooled_windows(grid, window) == math.prod(num_windows(grid, clipped))
-
-
 @pytest.mark.parametrize("scheme", flops.SCHEMES)
 @pytest.mark.parametrize("grid", [(16, 7, 7), (8, 14, 14), (4, 4, 6)])
 def test_paper_formula_is_exact_when_windows_divide(scheme, grid):
@@ -77,12 +70,6 @@ def test_model_default_grid_logo_costs_more_pairs_than_divided():
 def test_macs_are_half_the_flops(heads, head_dim):
     pairs, batch = 1234, 3
     assert 2 * flops.attention_macs(pairs, heads * head_dim, batch) == flops.attention_flops(pairs, batch, heads, head_dim)
-
-
-def test_local_pairs_keep_their_meaning():
-    """ops.py registers its FLOP formulas from local_attention_pairs: sum over windows of tokens^2."""
-    assert flops.local_attention_pairs((5, 7, 4), (2, 3, 3)) == (2 * 4 + 1) * (2 * 9 + 1) * (9 + 1)
-    assert flops.segment_square_sum(7, 3) == 9 + 9 + 1
 
 
 @pytest.mark.parametrize("bad", ["windowed", "MSA"])

@@ -144,7 +144,7 @@ def test_attention_dropout_acts_only_while_training():
     [
         (dict(dim=30, num_heads=4), "divisible by num_heads"),
         (dict(dim=32, pool="max"), "pool must be 'avg' or 'conv'"),
-        (dict(dim=32, window=(2, 0, 2)), "window entries must be >= 1"),
+        (dict(dim=32, window=(2, 0, 2)), "window \\(f, h, w\\) entries must be >= 1"),
         (dict(dim=32, backend="gpu"), "backend must be one of"),
         (dict(dim=32, num_prefix_tokens=-1), "num_prefix_tokens must be >= 0"),
     ],
@@ -156,7 +156,8 @@ def test_bad_construction_arguments(kwargs, message):
 
 def test_bad_forward_arguments():
     layer = LocalGlobalAttention(16, num_heads=2, window=(1, 2, 2), num_prefix_tokens=1)
-    with pytest.raises(ValueError, match=r"x has 9 tokens but num_prefix_tokens \+ F\*H\*W = 1 \+ 12"):
+    with pytest.raises(ValueError, match=r"x must be \(B, num_prefix_tokens \+ F\*H\*W, dim\) = \(B, 1 \+ 12, 16\) "
+                                         r"for grid \(3, 2, 2\), got \(1, 9, 16\)"):
         layer(torch.randn(1, 9, 16), (3, 2, 2))
     with pytest.raises(ValueError, match="x must be"):
         layer(torch.randn(9, 16), (2, 2, 2))

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from logo_attn.losses import CompactLoss, compact_regularizer
+from logo_attn.logoformer.losses import CompactLoss, compact_regularizer
 
 
 def symmetric_kl_reference(logits: torch.Tensor, target: torch.Tensor) -> float:

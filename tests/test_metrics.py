@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from logo_attn.metrics import confusion_matrix, format_recalls, per_class_recall, plot_confusion_matrix, uar_war
+from logo_attn.logoformer.metrics import confusion_matrix, format_recalls, per_class_recall, plot_confusion_matrix, uar_war
 
 
 def test_confusion_matrix_by_hand():

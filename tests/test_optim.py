@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from logo_attn.optim import SAM, frozen_bn_stats
+from logo_attn.logoformer.optim import SAM, frozen_bn_stats
 
 A = torch.tensor([1.0, 3.0, -2.0, 0.5], dtype=torch.float64)
 

@@ -9,8 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from logo_attn import evaluate as evaluate_cli
-from logo_attn.train import PRESETS, TrainConfig, make_config, parse_config, train
+from logo_attn.logoformer import evaluate as evaluate_cli
+from logo_attn.logoformer.config import PRESETS, TrainConfig, make_config, parse_config
+from logo_attn.logoformer.train import train
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 TINY = ["--image-size", "16", "--embed-dim", "16", "--depth", "1", "--num-heads", "2", "--batch", "4",
@@ -91,7 +92,7 @@ def test_run_artefacts_resume_and_evaluate(tmp_path):
     rows = _read_log(out / "log.csv")
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     assert set(rows[0]) == {"epoch", "lr", "train_loss", "train_war", "val_loss", "val_uar", "val_war", "seconds"}
-    assert torch.load(out / "last.pt", weights_only=False)["epoch"] == 2
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 2  # plain values and tensors only
 
     with pytest.raises(ValueError, match="embed_dim: checkpoint 16 vs now 24"):
         train(parse_config([*TINY, "--embed-dim", "24", "--epochs", "3", "--resume", "--out-dir", str(out)]))

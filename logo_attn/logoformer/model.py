@@ -1,6 +1,6 @@
 """LOGOFormer, the paper's reference model, and its attention baselines on the same skeleton.
 
-Skeleton (DESIGN §2, paper §2.1): every frame goes through ResNet-18 up to layer3 (stride 16, 256
+Skeleton (paper §2.1): every frame goes through ResNet-18 up to layer3 (stride 16, 256
 channels), a 1x1 conv projects the maps to ``embed_dim``, a learnable spatio-temporal positional
 embedding is added, a CLS token with its own (temporal) positional embedding is prepended, ``depth``
 attention blocks follow, and LayerNorm + Linear classify the CLS token.
@@ -9,16 +9,19 @@ attention blocks follow, and LayerNorm + Linear classify the CLS token.
 
 - ``"logo"``: `logo_attn.layers.LOGOBlock` (local window attention + global attention over pooled
   windows), the paper's model.
-- ``"full"``: joint space-time attention over all ``1 + F*H*W`` tokens (`FullAttentionBlock`).
-- ``"divided"``: TimeSformer's divided space-time attention (`DividedAttentionBlock`): temporal
-  attention among the F tokens of each spatial position, then spatial attention among the
-  ``1 + H*W`` tokens of each frame.
+- ``"full"``: joint space-time attention over all ``1 + F*H*W`` tokens
+  (`logo_attn.baselines.FullAttention` blocks).
+- ``"divided"``: TimeSformer's divided space-time attention (`logo_attn.baselines.DividedAttention`
+  blocks): temporal attention among the F tokens of each spatial position, then spatial attention
+  among the ``1 + H*W`` tokens of each frame, the CLS token copied into every frame and averaged.
 - ``"spatial"``: spatial-only attention followed by a temporal mean (the "simple solution" of the
   paper's introduction): each frame is its own sequence ``[CLS ; H*W tokens]`` run through
-  `FullAttentionBlock`s, and the per-frame CLS outputs are averaged over time before the head. No
+  `FullAttention` blocks, and the per-frame CLS outputs are averaged over time before the head. No
   token ever sees another frame, so this variant cannot tell motion direction or frame order.
 
-The baselines use ``F.scaled_dot_product_attention``. The ResNet trunk uses torchvision's parameter
+Every block is `logo_attn.layers.Block` (attention layer with its residual, then the MLP) around one
+of the library's attention layers, the same layers the cost benchmark times. The baselines use
+``F.scaled_dot_product_attention``. The ResNet trunk uses torchvision's parameter
 names, so the ``conv1``/``bn1``/``layer1``-``layer3`` entries of a torchvision or MS-Celeb-1M ResNet-18
 checkpoint load with strict name matching (`load_backbone_weights`).
 """
@@ -32,19 +35,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import backends, ops
-from .layers import LOGOBlock, Mlp
+from .. import backends
+from ..baselines import DividedAttention, FullAttention
+from ..checks import as_int, as_window
+from ..geometry import clip_window
+from ..layers import Block, LOGOBlock
 
-__all__ = [
-    "ATTENTIONS",
-    "LOGOFormer",
-    "ResNet18Trunk",
-    "FullAttentionBlock",
-    "DividedAttentionBlock",
-    "SelfAttention",
-    "backbone_state_dict",
-    "grid_for",
-]
+__all__ = ["ATTENTIONS", "LOGOFormer", "ResNet18Trunk", "backbone_state_dict", "grid_for"]
 
 ATTENTIONS = ("logo", "full", "divided", "spatial")
 
@@ -139,83 +136,6 @@ def grid_for(frames: int, height: int, width: int) -> tuple[int, int, int]:
 
 
 # --------------------------------------------------------------------------------------------------
-# Baseline attention blocks (pre-norm ViT blocks around F.scaled_dot_product_attention)
-# --------------------------------------------------------------------------------------------------
-
-
-class SelfAttention(nn.Module):
-    """Multi-head softmax self-attention over the tokens of each sequence: (B, L, dim) -> (B, L, dim)."""
-
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = False, attn_drop: float = 0.0) -> None:
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
-        self.num_heads = num_heads
-        self.attn_drop = attn_drop
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        B, L, D = x.shape
-        q, k, v = self.qkv(x).view(B, L, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
-        return self.proj(out.transpose(1, 2).reshape(B, L, D))
-
-
-class FullAttentionBlock(nn.Module):
-    """ViT block: every token of the sequence attends to every other (joint space-time for ``"full"``)."""
-
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = False,
-                 attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = SelfAttention(dim, num_heads, qkv_bias, attn_drop)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), proj_drop)
-        self.drop = nn.Dropout(proj_drop)
-
-    def forward(self, x: Tensor, grid: Sequence[int]) -> Tensor:
-        x = x + self.drop(self.attn(self.norm1(x)))
-        return x + self.mlp(self.norm2(x))
-
-
-class DividedAttentionBlock(nn.Module):
-    """TimeSformer's divided space-time block on ``[CLS ; F*H*W tokens]``.
-
-    Temporal attention: each spatial position attends over its F frames (CLS excluded). Spatial
-    attention: per frame, ``[CLS ; H*W tokens]`` attend jointly, with the CLS token copied into every
-    frame and its F outputs averaged (as TimeSformer does). Then the MLP.
-    """
-
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = False,
-                 attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
-        super().__init__()
-        self.temporal_norm = nn.LayerNorm(dim)
-        self.temporal_attn = SelfAttention(dim, num_heads, qkv_bias, attn_drop)
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = SelfAttention(dim, num_heads, qkv_bias, attn_drop)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), proj_drop)
-        self.drop = nn.Dropout(proj_drop)
-
-    def forward(self, x: Tensor, grid: Sequence[int]) -> Tensor:
-        Fg, Hg, Wg = grid
-        B, _, D = x.shape
-        cls, tokens = x[:, :1], x[:, 1:]
-        # temporal: (B, F, S, D) -> (B*S, F, D)
-        t = tokens.reshape(B, Fg, Hg * Wg, D).transpose(1, 2).reshape(B * Hg * Wg, Fg, D)
-        t = self.drop(self.temporal_attn(self.temporal_norm(t)))
-        tokens = tokens + t.reshape(B, Hg * Wg, Fg, D).transpose(1, 2).reshape(B, Fg * Hg * Wg, D)
-        # spatial: (B*F, 1 + S, D), CLS copied into every frame
-        s = torch.cat([cls.expand(B, Fg, D).reshape(B * Fg, 1, D), tokens.reshape(B * Fg, Hg * Wg, D)], dim=1)
-        s = self.drop(self.attn(self.norm1(s)))
-        cls = cls + s[:, :1].reshape(B, Fg, D).mean(dim=1, keepdim=True)
-        tokens = tokens + s[:, 1:].reshape(B, Fg * Hg * Wg, D)
-        x = torch.cat([cls, tokens], dim=1)
-        return x + self.mlp(self.norm2(x))
-
-
-# --------------------------------------------------------------------------------------------------
 # The model
 # --------------------------------------------------------------------------------------------------
 
@@ -260,6 +180,7 @@ class LOGOFormer(nn.Module):
         super().__init__()
         if attention not in ATTENTIONS:
             raise ValueError(f"attention must be one of {', '.join(map(repr, ATTENTIONS))}, got {attention!r}")
+        num_classes, num_frames = as_int(num_classes, "num_classes"), as_int(num_frames, "num_frames")
         if num_classes < 1 or num_frames < 1:
             raise ValueError(f"num_classes and num_frames must be >= 1, got {num_classes} and {num_frames}")
         backends.check_name(backend)
@@ -276,17 +197,17 @@ class LOGOFormer(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, tokens, embed_dim))
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.cls_pos_embed = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        common = dict(mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop)
+        attn_args = dict(num_prefix_tokens=1, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop)
         if attention == "logo":
             blocks = [
-                LOGOBlock(embed_dim, num_heads, ops.clip_window(self.grid, ops.as_triple(window, "window")),
-                          pool=pool, num_prefix_tokens=1, backend=backend, **common)
+                LOGOBlock(embed_dim, num_heads, clip_window(self.grid, as_window(window)), mlp_ratio, pool,
+                          backend=backend, **attn_args)
                 for _ in range(depth)
             ]
-        elif attention == "divided":
-            blocks = [DividedAttentionBlock(embed_dim, num_heads, **common) for _ in range(depth)]
-        else:  # "full" and "spatial" (per-frame sequences, see forward)
-            blocks = [FullAttentionBlock(embed_dim, num_heads, **common) for _ in range(depth)]
+        else:  # "full" and "spatial" (per-frame sequences, see forward) share the full-attention layer
+            layer = DividedAttention if attention == "divided" else FullAttention
+            blocks = [Block(layer(embed_dim, num_heads, **attn_args), embed_dim, mlp_ratio, proj_drop)
+                      for _ in range(depth)]
         self.blocks = nn.ModuleList(blocks)
         self.norm = nn.LayerNorm(embed_dim)
         self.head_drop = nn.Dropout(head_drop)
@@ -294,11 +215,6 @@ class LOGOFormer(nn.Module):
         self._init_embeddings()
         if backbone_weights is not None:
             self.load_backbone_weights(backbone_weights)
-
-    @staticmethod
-    def grid_for(frames: int, height: int, width: int) -> tuple[int, int, int]:
-        """Token grid (F, H, W) for clips of `frames` frames of `height` x `width` pixels."""
-        return grid_for(frames, height, width)
 
     def _init_embeddings(self) -> None:
         # The linear layers keep PyTorch's fan-in scaled init and the positional embedding starts at
@@ -325,11 +241,19 @@ class LOGOFormer(nn.Module):
 
     def features(self, clips: Tensor) -> Tensor:
         """Embedded grid tokens (B, F*H*W, embed_dim) with positional embedding, before the CLS token."""
-        if clips.dim() != 5 or tuple(clips.shape[1:]) != self.input_shape:
+        if not isinstance(clips, Tensor) or clips.dim() != 5 or tuple(clips.shape[1:]) != self.input_shape:
+            shape = tuple(clips.shape) if isinstance(clips, Tensor) else type(clips).__name__
             raise ValueError(
                 f"LOGOFormer expects clips of shape (B, {', '.join(map(str, self.input_shape))}) "
-                f"(num_frames, 3, img_size), got {tuple(clips.shape)}"
+                f"(num_frames, 3, img_size), got {shape}"
             )
+        weight_dtype = self.pos_embed.dtype
+        if not clips.is_floating_point():
+            raise TypeError(f"LOGOFormer expects floating-point clips (normalised pixels), got {clips.dtype}; "
+                            f"convert e.g. with clips.to({weight_dtype}) / 255 and normalise")
+        if clips.dtype != weight_dtype and not torch.is_autocast_enabled(clips.device.type):
+            raise TypeError(f"LOGOFormer's weights are {weight_dtype} but the clips are {clips.dtype}; "
+                            f"convert the clips (clips.to({weight_dtype})) or the model (model.to({clips.dtype}))")
         B, T = clips.shape[:2]
         maps = self.embed(self.backbone(clips.flatten(0, 1)))  # (B*T, D, h, w)
         tokens = maps.unflatten(0, (B, T)).permute(0, 1, 3, 4, 2).flatten(1, 3)  # row-major (F, H, W)

@@ -38,6 +38,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from . import augment
+from .errors import UsageError
 
 __all__ = [
     "EMOTIONS",
@@ -84,7 +85,7 @@ def list_frames(folder: str | Path, source: str = "") -> list[Path]:
         raise FileNotFoundError(f"clip folder {folder} does not exist{where}")
     names = [e.name for e in os.scandir(folder) if e.is_file() and e.name.lower().endswith(IMAGE_SUFFIXES)]
     if not names:
-        raise ValueError(f"clip folder {folder} has no frames ({', '.join(IMAGE_SUFFIXES)} files){where}")
+        raise UsageError(f"clip folder {folder} has no frames ({', '.join(IMAGE_SUFFIXES)} files){where}")
     return [folder / name for name in sorted(names, key=_natural_key)]
 
 
@@ -101,7 +102,7 @@ def load_frames(paths: Sequence[Path]) -> Tensor:
                     image = image.resize(frames[0].size, Image.BILINEAR)
                 frames.append(image)
         except (UnidentifiedImageError, OSError) as error:
-            raise ValueError(f"cannot read frame {path}: {error}") from None
+            raise UsageError(f"cannot read frame {path}: {error}") from None
     width, height = frames[0].size
     data = torch.stack([torch.frombuffer(bytearray(f.tobytes()), dtype=torch.uint8) for f in frames])
     return data.view(len(frames), height, width, 3).permute(0, 3, 1, 2)
@@ -118,7 +119,7 @@ def sample_indices(num_frames: int, segments: int = 8, duration: int = 2, train:
     training), looping past the end.
     """
     if num_frames < 1 or segments < 1 or duration < 1:
-        raise ValueError(f"num_frames, segments and duration must be >= 1, got {num_frames}, {segments}, {duration}")
+        raise UsageError(f"num_frames, segments and duration must be >= 1, got {num_frames}, {segments}, {duration}")
     span = num_frames - duration + 1
     if span >= segments:
         if train:
@@ -152,9 +153,9 @@ def _class_index(value: str, source: str, base: int, num_classes: int) -> int:
     try:
         label = int(value)
     except ValueError:
-        raise ValueError(f"{source}: label {value!r} is not an integer") from None
+        raise UsageError(f"{source}: label {value!r} is not an integer") from None
     if not base <= label < base + num_classes:
-        raise ValueError(
+        raise UsageError(
             f"{source}: label {label} is outside {base}..{base + num_classes - 1} "
             f"(labels are counted from label_base={base})"
         )
@@ -164,9 +165,9 @@ def _class_index(value: str, source: str, base: int, num_classes: int) -> int:
 def read_dfew(root: str | Path, fold: int, split: str, frames_dir: str = DFEW_FRAMES_DIR) -> list[ClipRecord]:
     """Clips of DFEW fold `fold` (1-5), split "train" or "test"."""
     if fold not in range(1, 6):
-        raise ValueError(f"DFEW fold must be 1..5, got {fold}")
+        raise UsageError(f"DFEW fold must be 1..5, got {fold}")
     if split not in ("train", "test"):
-        raise ValueError(f"DFEW split must be 'train' or 'test', got {split!r}")
+        raise UsageError(f"DFEW split must be 'train' or 'test', got {split!r}")
     root = Path(root)
     csv_path = root / "EmoLabel_DataSplit" / f"{split}(single-labeled)" / f"set_{fold}.csv"
     _require_file(csv_path, "DFEW split file")
@@ -178,13 +179,13 @@ def read_dfew(root: str | Path, fold: int, split: str, frames_dir: str = DFEW_FR
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None or [h.strip().lower() for h in header[:2]] != ["video_name", "label"]:
-            raise ValueError(f"{csv_path}: expected the header 'video_name,label', got {header}")
+            raise UsageError(f"{csv_path}: expected the header 'video_name,label', got {header}")
         for line, row in enumerate(reader, start=2):
             if not row or not "".join(row).strip():
                 continue
             source = f"{csv_path}:{line}"
             if len(row) < 2:
-                raise ValueError(f"{source}: expected 'video_name,label', got {row}")
+                raise UsageError(f"{source}: expected 'video_name,label', got {row}")
             name = row[0].strip()
             label = _class_index(row[1].strip(), source, 1, len(EMOTIONS))
             padded = clips_dir / (name.zfill(5) if name.isdigit() else name)
@@ -197,7 +198,7 @@ def read_dfew(root: str | Path, fold: int, split: str, frames_dir: str = DFEW_FR
 def read_ferv39k(root: str | Path, split: str) -> list[ClipRecord]:
     """Clips of FERV39K's all-scenes setup, split "train" or "test"."""
     if split not in ("train", "test"):
-        raise ValueError(f"FERV39K split must be 'train' or 'test', got {split!r}")
+        raise UsageError(f"FERV39K split must be 'train' or 'test', got {split!r}")
     root = Path(root)
     list_path = root / "4_setups" / "All_scenes" / f"{split}_All.csv"
     _require_file(list_path, "FERV39K split file")
@@ -213,7 +214,7 @@ def read_ferv39k(root: str | Path, split: str) -> list[ClipRecord]:
             if name not in EMOTIONS:
                 if line == 1:  # a header line
                     continue
-                raise ValueError(f"{source}: expected '<scene>/<emotion>/<clip> <Emotion>' with an emotion in "
+                raise UsageError(f"{source}: expected '<scene>/<emotion>/<clip> <Emotion>' with an emotion in "
                                  f"{', '.join(e.capitalize() for e in EMOTIONS)}, got {text.strip()!r}")
             records.append(ClipRecord(clips_dir / fields[0], EMOTIONS.index(name), source))
     _check_folders(records)
@@ -234,11 +235,11 @@ def read_annotation_list(list_file: str | Path, root: str | Path | None = None, 
                 continue
             source = f"{list_file}:{line}"
             if len(fields) != 3:
-                raise ValueError(f"{source}: expected 'path num_frames label', got {text.strip()!r}")
+                raise UsageError(f"{source}: expected 'path num_frames label', got {text.strip()!r}")
             label = _class_index(fields[2], source, label_base, num_classes)
             records.append(ClipRecord(base_dir / fields[0], label, source))
     if not records:
-        raise ValueError(f"annotation list {list_file} lists no clips")
+        raise UsageError(f"annotation list {list_file} lists no clips")
     _check_folders(records)
     return records
 
@@ -248,7 +249,7 @@ def split_train_val(records: Sequence[ClipRecord], val_fraction: float, seed: in
     """Stratified split of training clips into (train, val): `val_fraction` of each class, at least one
     clip per class that has two or more, chosen by `seed`. The test fold is never touched."""
     if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        raise UsageError(f"val_fraction must be in (0, 1), got {val_fraction}")
     generator = torch.Generator().manual_seed(seed)
     by_class: dict[int, list[int]] = {}
     for i, record in enumerate(records):
@@ -283,7 +284,7 @@ class FrameClipDataset(Dataset):
                  image_size: int = 112, crop_scale: Sequence[float] = (0.08, 1.0),
                  class_names: Sequence[str] = EMOTIONS) -> None:
         if not records:
-            raise ValueError("FrameClipDataset got no clips")
+            raise UsageError("FrameClipDataset got no clips")
         self.records = list(records)
         self.train, self.segments, self.duration = train, segments, duration
         self.image_size, self.crop_scale = image_size, tuple(crop_scale)
@@ -292,7 +293,7 @@ class FrameClipDataset(Dataset):
         self.labels = [r.label for r in self.records]
         bad = [r for r in self.records if not 0 <= r.label < self.num_classes]
         if bad:
-            raise ValueError(f"{bad[0].source}: label index {bad[0].label} outside 0..{self.num_classes - 1}")
+            raise UsageError(f"{bad[0].source}: label index {bad[0].label} outside 0..{self.num_classes - 1}")
 
     def __len__(self) -> int:
         return len(self.records)

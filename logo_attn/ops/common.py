@@ -1,0 +1,47 @@
+"""Plumbing the three ops share: input shape checks, fake-tensor allocation and autograd helpers."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..reference import accumulation_dtype
+
+
+def check_attention_shapes(op: str, q: Tensor, k: Tensor, v: Tensor) -> None:
+    """(B, N, heads, d) inputs whose batch, heads and head_dim agree, with one key per value."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dim() != 4:
+            raise ValueError(f"{op}: {name} must be 4-D (B, N, heads, head_dim), got shape {tuple(t.shape)}")
+    for axis, what in ((0, "batch size"), (2, "heads"), (3, "head_dim")):
+        if not q.shape[axis] == k.shape[axis] == v.shape[axis]:
+            raise ValueError(
+                f"{op}: q, k and v must have the same {what} (dim {axis}), "
+                f"got {q.shape[axis]}, {k.shape[axis]}, {v.shape[axis]}"
+            )
+    if k.shape[1] != v.shape[1]:
+        raise ValueError(f"{op}: k and v must have the same number of tokens, got {k.shape[1]} and {v.shape[1]}")
+    if q.shape[3] < 1 or k.shape[1] < 1:
+        raise ValueError(f"{op}: head_dim and the number of keys must be >= 1, got shapes {tuple(q.shape)}, {tuple(k.shape)}")
+
+
+def distinct(*tensors: Tensor | None) -> tuple[Tensor | None, ...]:
+    """Replace a tensor passed twice (e.g. k is v) by a view of itself: torch.compile cannot trace an
+    autograd.Function that receives the same tensor twice, and a view costs nothing."""
+    seen: list[Tensor | None] = []
+    for t in tensors:
+        seen.append(t.view_as(t) if t is not None and any(t is other for other in seen) else t)
+    return tuple(seen)
+
+
+def lse_like(q: Tensor) -> Tensor:
+    """The (B, heads, N) log-sum-exp every backend allocates for q (B, N, heads, d): fp32, fp64 for fp64."""
+    return q.new_empty((q.shape[0], q.shape[2], q.shape[1]), dtype=accumulation_dtype(q.dtype))
+
+
+def differentiable_backward() -> bool:
+    """True inside a backward that records a graph (``create_graph=True``, and always under
+    torch.func transforms), i.e. when the gradients may themselves be differentiated: the fused
+    backward kernels are not differentiable, so the ops then compute their gradients with the
+    PyTorch reference's forward and written-out backward, which are."""
+    return torch.is_grad_enabled()
