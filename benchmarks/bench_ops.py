@@ -1,4 +1,4 @@
-"""Time logo_attn's ops and layer against the peers a user would write, in one run (DESIGN §7).
+"""Time logo_attn's ops and layer against the peers a user would write, in one run.
 
 For each op (local_attention, global_attention, window_pool) and the whole LocalGlobalAttention
 layer, every implementation (the op on each selected backend, then the peers of `benchmarks.peers`)
@@ -6,7 +6,7 @@ is first checked against the float64 PyTorch reference (output and gradients), t
 backward and forward+backward: median with 20/80 percentiles, achieved TFLOP/s (FLOPs from
 `logo_attn.flops`, the formulas the ops register; for the layer, FlopCounterMode's count of the same
 layer), achieved GB/s (each input read once, each output written once), the fraction of the device's
-roofline where it is known (DESIGN §7), and peak memory. `t/t_op` compares a row with the first
+roofline where it is known (`benchmarks.environment.ROOFLINES`), and peak memory. `t/t_op` compares a row with the first
 implementation (the op on the first backend) in the same run: above 1, the op is faster. On CPU the
 implementations of a case are timed in alternating rounds and `t/t_op` is the median of the
 per-round ratios, so a change in the machine's load during the run does not favour one of them.

@@ -1,7 +1,7 @@
 """What a user would write instead of logo_attn's ops: the peers every speed claim is a ratio against.
 
 All take and return the ops' layout, ``(B, N, heads, head_dim)`` inputs of any strides and a
-contiguous output, so every layout copy a user would pay is inside the timed call (DESIGN §7):
+contiguous output, so every layout copy a user would pay is inside the timed call:
 
 - local attention: `partition_sdpa` (pad + window partition copies + ``F.scaled_dot_product_attention``
   + un-partition), `FlexLocalAttention` (compiled FlexAttention with the block mask built once and
