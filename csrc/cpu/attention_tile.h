@@ -185,6 +185,10 @@ LOGO_INLINE void attention_bwd_tile(Rows<const T> dout, Rows<const T> q, Rows<co
   pack_columns(k, kids, n_k, d, ws.kt, np);
   pack_rows(k, kids, n_k, d, ws.k, dp, A(1));
   pack_columns(v, kids, n_k, d, ws.vt, np);
+  if (n_q == 0) {  // no query: dK = dV = 0 (the loop below would leave the previous task's sums)
+    std::fill(ws.dk, ws.dk + n_k * dp, A(0));
+    std::fill(ws.dv, ws.dv + n_k * dp, A(0));
+  }
   for (int64_t q0 = 0; q0 < n_q; q0 += ws.block) {
     const int64_t m = std::min(ws.block, n_q - q0);
     const int64_t* ids = qids + q0;

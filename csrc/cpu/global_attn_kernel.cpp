@@ -118,9 +118,11 @@ int64_t global_attn_fwd_tasks(const AttnArgs& a) { return a.batch * a.heads * fw
 // At least 32 (batch, head, range) tasks, so a many-core CPU has work for every core, and no
 // splitting when batch x heads already gives that many (the common case: then backward is one
 // pass, without partial sums); each range at least 256 queries long. Shapes only, never the thread
-// count, so the summation order is fixed.
+// count, so the summation order is fixed. An empty batch or zero heads has no task: one range.
 int64_t global_attn_bwd_splits(int64_t batch, int64_t heads, int64_t q_tokens) {
-  const int64_t wanted = (32 + batch * heads - 1) / (batch * heads);
+  const int64_t slices = batch * heads;
+  if (slices == 0) return 1;
+  const int64_t wanted = (32 + slices - 1) / slices;
   return std::max<int64_t>(1, std::min(wanted, q_tokens / 256));
 }
 
