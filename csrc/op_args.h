@@ -62,8 +62,8 @@ struct Windows {
   }
 };
 
-// grid and window as 3 positive ints each, the window clipped to the grid (DESIGN §1), and the
-// grid's token count equal to `tokens`.
+// grid and window as 3 positive ints each, the window clipped to the grid (a window larger than the
+// grid covers that whole axis), and the grid's token count equal to `tokens`.
 inline Windows check_windows(const char* op, c10::IntArrayRef grid, c10::IntArrayRef window, int64_t tokens,
                              const char* name) {
   TORCH_CHECK(grid.size() == 3, op, ": grid must hold 3 ints (F, H, W), got ", grid);

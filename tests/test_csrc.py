@@ -270,7 +270,7 @@ CUDA_SOURCES = sorted((ROOT / "csrc" / "cuda").glob("*.cu"))
 
 @pytest.mark.parametrize("source", [pytest.param(s, id=s.name) for s in CUDA_SOURCES])
 def test_cuda_source_compiles_with_nvcc(source, tmp_path):
-    """The .cu files include CUDA headers only (DESIGN §5), so plain nvcc compiles them anywhere."""
+    """The .cu files include CUDA headers only (no torch header), so plain nvcc compiles them anywhere."""
     nvcc = shutil.which("nvcc") or (Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "bin" / "nvcc")
     if not Path(nvcc).exists():
         pytest.skip("nvcc is not installed on this machine")
