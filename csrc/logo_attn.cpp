@@ -22,10 +22,13 @@ PyObject* PyInit__C(void) {
 }
 
 TORCH_LIBRARY(logo_attn_C, m) {
-  m.def("local_attn_fwd(Tensor q, Tensor k, Tensor v, int[] grid, int[] window, float scale) -> (Tensor, Tensor)");
+  m.def(
+      "local_attn_fwd(Tensor q, Tensor k, Tensor v, int[] grid, int[] window, int[] shift, Tensor? bias, "
+      "float scale) -> (Tensor, Tensor)");
+  // The 4th output is dbias (bias's shape and dtype), or an empty tensor unless bias and bias_grad.
   m.def(
       "local_attn_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, int[] grid, int[] window, "
-      "float scale) -> (Tensor, Tensor, Tensor)");
+      "int[] shift, Tensor? bias, float scale, bool bias_grad) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("global_attn_fwd(Tensor q, Tensor k, Tensor v, float scale) -> (Tensor, Tensor)");
   m.def(
       "global_attn_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, float scale) "

@@ -18,12 +18,14 @@ def has_cuda_kernels() -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key("logo_attn_C::local_attn_fwd", "CUDA")
 
 
-def local_attn_fwd(q, k, v, grid, window, scale):
-    return tuple(_ops.local_attn_fwd(q, k, v, grid, window, scale))
+def local_attn_fwd(q, k, v, grid, window, shift, bias, scale):
+    return tuple(_ops.local_attn_fwd(q, k, v, grid, window, shift, bias, scale))
 
 
-def local_attn_bwd(dout, q, k, v, out, lse, grid, window, scale):
-    return tuple(_ops.local_attn_bwd(dout, q, k, v, out, lse, grid, window, scale))
+def local_attn_bwd(dout, q, k, v, out, lse, grid, window, shift, bias, scale, bias_grad):
+    """(dq, dk, dv, dbias); dbias is None unless bias is given and bias_grad is set."""
+    dq, dk, dv, dbias = _ops.local_attn_bwd(dout, q, k, v, out, lse, grid, window, shift, bias, scale, bias_grad)
+    return dq, dk, dv, dbias if bias is not None and bias_grad else None
 
 
 def global_attn_fwd(q, k, v, scale):

@@ -109,7 +109,10 @@ def _lse_like(q: Tensor, heads: int, tokens: int) -> Tensor:
 def local_attn_fwd(
     q: Tensor, k: Tensor, v: Tensor, grid: Sequence[int], window: Sequence[int], scale: float, backend: str
 ) -> tuple[Tensor, Tensor]:
-    return backends.module_for(backend, q).local_attn_fwd(q, k, v, grid, window, scale)
+    module = backends.module_for(backend, q)
+    if module.__name__ == "logo_attn._cpp":  # already on the shift/bias protocol; the others follow
+        return module.local_attn_fwd(q, k, v, grid, window, (0, 0, 0), None, scale)
+    return module.local_attn_fwd(q, k, v, grid, window, scale)
 
 
 @local_attn_fwd.register_fake
@@ -122,7 +125,10 @@ def local_attn_bwd(
     dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
     grid: Sequence[int], window: Sequence[int], scale: float, backend: str,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    return backends.module_for(backend, q).local_attn_bwd(dout, q, k, v, out, lse, grid, window, scale)
+    module = backends.module_for(backend, q)
+    if module.__name__ == "logo_attn._cpp":  # already on the shift/bias protocol; the others follow
+        return module.local_attn_bwd(dout, q, k, v, out, lse, grid, window, (0, 0, 0), None, scale, False)[:3]
+    return module.local_attn_bwd(dout, q, k, v, out, lse, grid, window, scale)
 
 
 @local_attn_bwd.register_fake

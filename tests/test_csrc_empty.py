@@ -21,11 +21,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from dense_reference import dense_local_attention
 from logo_attn import global_attention, local_attention, reference, window_pool
 
 ROOT = Path(__file__).resolve().parents[1]
 DTYPES = (torch.float64, torch.float32, torch.bfloat16)
 GRID, WINDOW, N = (2, 3, 5), (2, 2, 2), 30  # border windows on two axes
+SHIFT = (0, 1, 1)  # and leading partial windows on two (the raw local op takes a shift and a bias)
 HEAD_DIM, KEYS = 8, 5
 
 CASES: dict[str, Callable[[], None]] = {}
@@ -86,13 +88,15 @@ for dtype in DTYPES:
         def _(B=B, heads=heads, dtype=dtype):
             q, k, v = attention_shapes(B, heads, N, N, dtype)
             ops = torch.ops.logo_attn_C
-            got = ops.local_attn_fwd(q, k, v, GRID, WINDOW, 0.5)
-            want = reference.local_attn_fwd(q, k, v, GRID, WINDOW, 0.5)
+            bias = torch.randn(heads, 3, 3, 3, dtype=dtype)
+            got = ops.local_attn_fwd(q, k, v, GRID, WINDOW, SHIFT, bias, 0.5)
+            want = dense_with_lse(q, k, v, bias)
             for name, g, w in zip(("out", "lse"), got, want):
                 assert_same(name, g, w)
             dout = torch.ones_like(q)
-            got = ops.local_attn_bwd(dout, q, k, v, *want, GRID, WINDOW, 0.5)
-            for name, g, w in zip(("dq", "dk", "dv"), got, reference.local_attn_bwd(dout, q, k, v, *want, GRID, WINDOW, 0.5)):
+            got = ops.local_attn_bwd(dout, q, k, v, *got, GRID, WINDOW, SHIFT, bias, 0.5, True)
+            # Every gradient is empty but dbias, which is zero: no pair reaches it.
+            for name, g, w in zip(("dq", "dk", "dv", "dbias"), got, (q, k, v, torch.zeros_like(bias))):
                 assert_same(name, g, w)
 
         @case(f"raw-global-{label}-{dt}")
@@ -128,6 +132,12 @@ for dtype in DTYPES:
                         reference.window_pool_bwd(dout, GRID, WINDOW))
 
 
+def dense_with_lse(q, k, v, bias):
+    """The shifted, biased local attention of empty inputs: an empty output and lse like q's."""
+    out = dense_local_attention(q, k, v, GRID, WINDOW, SHIFT, bias, 0.5)
+    return out, torch.empty(q.shape[0], q.shape[2], q.shape[1], dtype=reference.accumulation_dtype(q.dtype))
+
+
 def raw_global(inputs) -> None:
     q, k, v = inputs
     ops = torch.ops.logo_attn_C
@@ -157,11 +167,12 @@ def _():
     no_keys = torch.randn(2, 0, 3, HEAD_DIM)
     q = torch.randn(2, N, 3, HEAD_DIM)
     what = "head_dim and the number of keys must be >= 1"
-    expect_error(what, lambda: ops.local_attn_fwd(empty_d, empty_d, empty_d, GRID, WINDOW, 1.0))
+    expect_error(what, lambda: ops.local_attn_fwd(empty_d, empty_d, empty_d, GRID, WINDOW, SHIFT, None, 1.0))
     expect_error(what, lambda: ops.global_attn_fwd(empty_d, empty_d, empty_d, 1.0))
     expect_error(what, lambda: ops.global_attn_fwd(q, no_keys, no_keys, 1.0))
     lse = torch.zeros(2, 3, N)
-    expect_error(what, lambda: ops.local_attn_bwd(empty_d, empty_d, empty_d, empty_d, empty_d, lse, GRID, WINDOW, 1.0))
+    expect_error(what, lambda: ops.local_attn_bwd(empty_d, empty_d, empty_d, empty_d, empty_d, lse, GRID, WINDOW, SHIFT,
+                                                  None, 1.0, False))
     expect_error(what, lambda: ops.global_attn_bwd(q, q, no_keys, no_keys, q, lse, 1.0))
 
 
@@ -170,7 +181,7 @@ def _():
     ops = torch.ops.logo_attn_C
     q, x = torch.randn(1, 0, 2, HEAD_DIM), torch.randn(1, 0, 4)
     what = "grid and window entries must be >= 1"
-    expect_error(what, lambda: ops.local_attn_fwd(q, q, q, [2, 0, 3], WINDOW, 1.0))
+    expect_error(what, lambda: ops.local_attn_fwd(q, q, q, [2, 0, 3], WINDOW, SHIFT, None, 1.0))
     expect_error(what, lambda: ops.window_pool_fwd(x, [0, 3, 5], WINDOW))
     expect_error(what, lambda: ops.window_pool_bwd(x, GRID, [2, 0, 2]))
     expect_error(what, lambda: ops.window_pool_fwd(torch.randn(1, N, 4), GRID, [2, 2, 0]))

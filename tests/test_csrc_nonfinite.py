@@ -15,19 +15,20 @@ from __future__ import annotations
 import pytest
 import torch
 
-from logo_attn import local_attention
+from logo_attn import _cpp, local_attention
 
 GRID, WINDOW = (3, 5, 6), (2, 3, 4)  # border windows on every axis
 B, HEADS, HEAD_DIM = 2, 2, 8
 POISON = (1, (2, 4, 5), 1, 3)  # batch, grid coordinate (t, y, x), head, channel
 
 
-def window_rows(grid, window, b, coord, head):
+def window_rows(grid, window, b, coord, head, shift=(0, 0, 0)):
     """(B, N, heads) bool: the rows of (batch b, head, the window holding coord)."""
     t, y, x = torch.meshgrid(*(torch.arange(g) for g in grid), indexing="ij")
     same = torch.ones(t.shape, dtype=torch.bool)
-    for c, w, axis in zip(coord, window, (t, y, x)):
-        same &= axis // w == c // w
+    for c, w, s, axis in zip(coord, window, shift, (t, y, x)):
+        offset = (w - s) % w
+        same &= (axis + offset) // w == (c + offset) // w
     rows = torch.zeros(B, t.numel(), HEADS, dtype=torch.bool)
     rows[b, :, head] = same.flatten()
     return rows
@@ -59,5 +60,28 @@ def test_nonfinite_value_stays_in_its_window(poisoned, value, dtype):
         assert not (rows & ~inside).any(), f"{name}: a non-finite value left its window"
         if value != value:  # NaN
             assert torch.equal(rows, nonfinite_rows(want[name])), f"{name}: non-finite rows differ from torch's"
+        reached |= rows
+    assert reached.any(), "the poisoned value reached no output: the test would check nothing"
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
+@pytest.mark.parametrize("poisoned", ["q", "k", "v", "dout"])
+def test_nonfinite_value_stays_in_its_shifted_window_with_bias(poisoned, value):
+    """The same with shifted windows and a bias, on the raw kernels (containment only: the dense
+    reference lets a NaN through its masked zeros into every window)."""
+    shift = (1, 2, 1)
+    N = GRID[0] * GRID[1] * GRID[2]
+    tensors = {name: torch.randn(B, N, HEADS, HEAD_DIM) for name in ("q", "k", "v", "dout")}
+    b, (t, y, x), head, channel = POISON
+    tensors[poisoned][b, (t * GRID[1] + y) * GRID[2] + x, head, channel] = value
+    q, k, v, dout = tensors.values()
+    bias = torch.randn(HEADS, *(2 * w - 1 for w in WINDOW))
+    out, lse = _cpp.local_attn_fwd(q, k, v, GRID, WINDOW, shift, bias, 0.3)
+    grads = _cpp.local_attn_bwd(dout, q, k, v, out, lse, GRID, WINDOW, shift, bias, 0.3, True)
+    inside = window_rows(GRID, WINDOW, b, (t, y, x), head, shift)
+    reached = torch.zeros_like(inside)
+    for name, result in zip(("out", "dq", "dk", "dv"), (out, *grads[:3])):
+        rows = nonfinite_rows(result)
+        assert not (rows & ~inside).any(), f"{name}: a non-finite value left its window"
         reached |= rows
     assert reached.any(), "the poisoned value reached no output: the test would check nothing"

@@ -17,8 +17,9 @@ namespace logo_attn::cuda {
 
 constexpr int64_t kMaxHeadDim = 256;
 
+// Shifted windows and the bias table as kernel_args.h describes them (fp32, the accumulation type).
 cudaError_t local_attn_fwd(const AttnArgs& a, cudaStream_t stream);
-// Needs a.delta: (B, heads, N) fp32 scratch.
+// Needs a.delta: (B, heads, N) fp32 scratch; with a.dbias, a.dbias_partial too (kernel_args.h).
 cudaError_t local_attn_bwd(const AttnArgs& a, cudaStream_t stream);
 
 cudaError_t global_attn_fwd(const AttnArgs& a, cudaStream_t stream);
