@@ -8,7 +8,7 @@ ImportError when the extension was not built.
 
 import torch  # must precede loading _C: the extension links against libtorch
 
-from . import _C  # noqa: F401  (registers torch.ops.logo_attn_C.*)
+from . import _C  # registers torch.ops.logo_attn_C.*
 
 _ops = torch.ops.logo_attn_C
 
@@ -16,6 +16,24 @@ _ops = torch.ops.logo_attn_C
 def has_cuda_kernels() -> bool:
     """Whether the extension was built with its CUDA kernels."""
     return torch._C._dispatch_has_kernel_for_dispatch_key("logo_attn_C::local_attn_fwd", "CUDA")
+
+
+def _capabilities() -> dict:
+    """The extension's own declaration (the constants its argument checks use), per device type."""
+    declared = {}
+    for device, cap in _C.capabilities().items():
+        declared[device] = {
+            "device": device,
+            "dtypes": tuple(cap["dtypes"]),
+            "max_head_dim": cap["max_head_dim"] or None,  # 0: no limit
+            "shift_bias": True,  # both the CPU and the CUDA kernels take shifted windows and a bias
+        }
+    return declared
+
+
+# What the kernels compute, per device type: {"device", "dtypes" (torch dtype names), "max_head_dim"
+# (None: no limit), "shift_bias"}; "cuda" only when the CUDA kernels were built.
+CAPABILITIES = _capabilities()
 
 
 def local_attn_fwd(q, k, v, grid, window, shift, bias, scale):

@@ -246,6 +246,24 @@ def test_raw_ops_reject_bad_arguments(cpp):
         ops.window_pool_bwd(torch.randn(1, 5, 3), [2, 2, 2], [1, 2, 2])
 
 
+def test_declared_capabilities_are_what_the_kernels_check(cpp):
+    """_C.capabilities() comes from the constants of the argument checks: every dtype the CPU entry
+    lists runs, every other floating dtype is refused; "cuda" is listed iff the CUDA kernels exist."""
+    assert set(cpp.CAPABILITIES) == ({"cpu", "cuda"} if cpp.has_cuda_kernels() else {"cpu"})
+    cpu = cpp.CAPABILITIES["cpu"]
+    assert cpu["device"] == "cpu" and cpu["max_head_dim"] is None and cpu["shift_bias"]
+    for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        q = torch.randn(1, 4, 1, 300, dtype=dtype)
+        name = str(dtype).removeprefix("torch.")
+        if name in cpu["dtypes"]:
+            cpp.global_attn_fwd(q, q, q, 1.0)
+        else:
+            with pytest.raises(RuntimeError, match="the CPU kernels do not compute"):
+                cpp.global_attn_fwd(q, q, q, 1.0)
+    if cpp.has_cuda_kernels():
+        assert cpp.CAPABILITIES["cuda"]["max_head_dim"] == 256
+
+
 # --------------------------------------------------------------------------------------------------
 # Build: setup.py flags and the CUDA sources
 # --------------------------------------------------------------------------------------------------

@@ -8,7 +8,9 @@
 
 #include <optional>
 #include <tuple>
+#include <vector>
 
+#include "../capabilities.h"
 #include "../op_args.h"
 #include "kernels.h"
 
@@ -17,6 +19,7 @@ namespace {
 
 constexpr Computed kComputed = {at::kFloat, at::kDouble, at::kBFloat16};
 constexpr const char* kKernels = "CPU";
+const DeclareCapability kCapability("cpu", {std::vector<at::ScalarType>(kComputed), /*max_head_dim=*/0});
 
 // Runs kernel(args, begin, end) over [0, tasks) on ATen's intra-op threads.
 template <class Args> void run_tasks(void (*kernel)(const Args&, int64_t, int64_t), const Args& args, int64_t tasks) {

@@ -9,7 +9,9 @@
 
 #include <optional>
 #include <tuple>
+#include <vector>
 
+#include "../capabilities.h"
 #include "../op_args.h"
 #include "kernels.h"
 
@@ -18,6 +20,7 @@ namespace {
 
 constexpr Computed kComputed = {at::kHalf, at::kBFloat16, at::kFloat};
 constexpr const char* kKernels = "CUDA";
+const DeclareCapability kCapability("cuda", {std::vector<at::ScalarType>(kComputed), cuda::kMaxHeadDim});
 
 void check_launch(const char* op, cudaError_t error) {
   TORCH_CHECK(error == cudaSuccess, op, ": CUDA kernel failed to launch: ", cudaGetErrorString(error));
