@@ -21,7 +21,7 @@ struct bf16 {
   uint16_t bits;
 };
 
-// Accumulation type: fp32 for bf16/fp32 inputs, fp64 for fp64 (DESIGN §1).
+// Accumulation type: fp32 for bf16/fp32 inputs, fp64 for fp64 (what PyTorch promotes them to).
 template <typename T> struct acc_type { using type = float; };
 template <> struct acc_type<double> { using type = double; };
 template <typename T> using acc_t = typename acc_type<T>::type;
