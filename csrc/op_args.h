@@ -128,10 +128,15 @@ inline AttnCall attention_fwd_call(const char* op, Computed computed, const char
   return c;
 }
 
-// Backward: dout and out like q, lse as the forward made it; allocates dq, dk, dv.
+// Whether a backward kernel reads the forward output: the CUDA kernels take rowsum(dO * O) from it;
+// the CPU kernels have all of a query's keys in one task and get that sum from P and dO Vᵀ instead.
+enum class ReadsOut : bool { no = false, yes = true };
+
+// Backward: dout and out like q, lse as the forward made it; allocates dq, dk, dv. `out` is checked
+// either way but handed to the kernels (made row-contiguous if needed) only when they read it.
 inline AttnCall attention_bwd_call(const char* op, Computed computed, const char* kernels, const at::Tensor& dout,
                                    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
-                                   const at::Tensor& lse, double scale, const Windows* windows) {
+                                   const at::Tensor& lse, double scale, const Windows* windows, ReadsOut reads_out) {
   AttnCall c = attention_call(op, computed, kernels, q, k, v, scale, windows);
   for (auto [t, name] : {std::pair{&dout, "dout"}, {&out, "out"}}) {
     TORCH_CHECK(t->sizes() == q.sizes(), op, ": ", name, " must have q's shape ", q.sizes(), ", got ", t->sizes());
@@ -142,11 +147,13 @@ inline AttnCall attention_bwd_call(const char* op, Computed computed, const char
   TORCH_CHECK(lse.scalar_type() == accumulation_dtype(q.scalar_type()), op, ": lse must be ",
               accumulation_dtype(q.scalar_type()), ", got ", lse.scalar_type());
   TORCH_CHECK(lse.device() == q.device(), op, ": lse is on ", lse.device(), " but q is on ", q.device());
-  c.dout = rows_contiguous(dout), c.out = rows_contiguous(out), c.lse = lse.contiguous();
+  c.dout = rows_contiguous(dout), c.lse = lse.contiguous();
+  if (reads_out == ReadsOut::yes) c.out = rows_contiguous(out);
   c.dq = at::empty(q.sizes(), q.options()), c.dk = at::empty(k.sizes(), k.options());
   c.dv = at::empty(v.sizes(), v.options());
   AttnArgs& a = c.args;
-  a.dout = view(c.dout), a.out = view(c.out), a.lse = c.lse.data_ptr();
+  a.dout = view(c.dout), a.lse = c.lse.data_ptr();
+  if (reads_out == ReadsOut::yes) a.out = view(c.out);
   a.dq = view(c.dq), a.dk = view(c.dk), a.dv = view(c.dv);
   return c;
 }

@@ -44,7 +44,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> local_attn_bwd(
     const std::optional<at::Tensor>& bias, double scale, bool bias_grad) {
   const char* op = "local_attn_bwd";
   const Windows w = local_windows(op, q, grid, window, shift);
-  AttnCall c = attention_bwd_call(op, kComputed, kKernels, dout, q, k, v, out, lse, scale, &w);
+  AttnCall c = attention_bwd_call(op, kComputed, kKernels, dout, q, k, v, out, lse, scale, &w, ReadsOut::no);
   if (bias) attach_bias(op, c, *bias, w);
   if (bias && bias_grad) attach_bias_grad(c, w);
   run_tasks(cpu::local_attn_bwd, c.args, cpu::local_attn_tasks(c.args));
@@ -63,7 +63,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> global_attn_bwd(const at::Tensor&
                                                                const at::Tensor& k, const at::Tensor& v,
                                                                const at::Tensor& out, const at::Tensor& lse,
                                                                double scale) {
-  AttnCall c = attention_bwd_call("global_attn_bwd", kComputed, kKernels, dout, q, k, v, out, lse, scale, nullptr);
+  AttnCall c =
+      attention_bwd_call("global_attn_bwd", kComputed, kKernels, dout, q, k, v, out, lse, scale, nullptr, ReadsOut::no);
   AttnArgs& a = c.args;
   a.splits = cpu::global_attn_bwd_splits(a.batch, a.heads, a.q_tokens);
   at::Tensor partial;

@@ -61,7 +61,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> local_attn_bwd(
   const char* op = "local_attn_bwd";
   const c10::cuda::CUDAGuard guard(q.device());
   const Windows w = local_windows(op, q, grid, window, shift);
-  AttnCall c = attention_bwd_call(op, kComputed, kKernels, dout, q, k, v, out, lse, scale, &w);
+  AttnCall c = attention_bwd_call(op, kComputed, kKernels, dout, q, k, v, out, lse, scale, &w, ReadsOut::yes);
   check_head_dim(op, c);
   if (bias) attach_bias(op, c, *bias, w);
   if (bias && bias_grad) attach_bias_grad(c, w);
@@ -86,7 +86,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> global_attn_bwd(const at::Tensor&
                                                                double scale) {
   const char* op = "global_attn_bwd";
   const c10::cuda::CUDAGuard guard(q.device());
-  AttnCall c = attention_bwd_call(op, kComputed, kKernels, dout, q, k, v, out, lse, scale, nullptr);
+  AttnCall c = attention_bwd_call(op, kComputed, kKernels, dout, q, k, v, out, lse, scale, nullptr, ReadsOut::yes);
   check_head_dim(op, c);
   const at::Tensor delta = delta_scratch(c);
   AttnArgs& a = c.args;
