@@ -12,6 +12,7 @@ from .backends import available_backends
 from .baselines import DividedAttention, FullAttention, SpatialAttention
 from .layers import Block, LocalGlobalAttention, LOGOBlock
 from .ops import global_attention, local_attention, window_pool
+from .swin import WindowAttention3D, swap_monai_attention
 
 __all__ = [
     "__version__",
@@ -25,6 +26,8 @@ __all__ = [
     "FullAttention",
     "SpatialAttention",
     "DividedAttention",
+    "WindowAttention3D",
+    "swap_monai_attention",
     "LOGOFormer",
 ]
 
