@@ -224,7 +224,7 @@ class SwinBlock3D(nn.Module):
                 f"grid {grid} clips window {self.attn.window_size} so that MONAI's relative_position_index[:n, :n] "
                 "no longer indexes the tokens' own offsets; this block adds the bias of their real offsets, so its "
                 "output differs from MONAI's WindowAttention here",
-                stacklevel=2,
+                stacklevel=1,  # the caller is nn.Module's dispatch: pointing here says more
             )
         if self.use_checkpoint:
             x = x + self.drop_path(checkpoint.checkpoint(self.attention_part, x, use_reentrant=False))
