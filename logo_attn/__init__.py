@@ -1,10 +1,10 @@
 """logo_attn: fast local-global (LOGO-Former) attention for spatio-temporal transformers.
 
 The top level is the kernel library: the ops (`local_attention`, `global_attention`,
-`window_pool`), the layers built on them, the baselines they are compared with, and
-`available_backends`. `LOGOFormer`, the paper's model, lives in the application subpackage
-`logo_attn.logoformer`; it is importable from here too, loaded only when asked for, so importing
-the library never imports the application.
+`window_pool`), the layers built on them, the baselines they are compared with, Swin's window
+attention (`WindowAttention3D`, `swap_monai_attention`), and `available_backends`. `LOGOFormer`,
+the paper's model, lives in the application subpackage `logo_attn.logoformer`; it is importable
+from here too, loaded only when asked for, so importing the library never imports the application.
 """
 
 from ._version import __version__
