@@ -27,7 +27,7 @@ from .tuning import (
     prune_attention_dkdv, prune_attention_dq, prune_attention_fwd,
 )
 from .utils import device_guard, last_dim_contiguous, next_power_of_2
-from .window_index import group_tokens, window_geometry, window_tokens
+from .window_index import group_tokens, pair_mask, window_geometry, window_tokens
 
 # Windows of at most PACKED_TILE / 2 tokens share a tile of PACKED_TILE slots with their neighbours.
 PACKED_TILE = 64
@@ -88,9 +88,9 @@ def local_attn_fwd_kernel(
     for k_start in range(0, slots, BLOCK_K):
         k_tok, k_valid, k_win = group_tokens(k_start + tl.arange(0, BLOCK_K), group, windows_h, windows_w, F, H, W,
                                              f, h, w, WINDOWS_PER_GROUP, SLOTS_PER_WINDOW)
-        pair_mask = k_valid[None, :] & (q_win[:, None] == k_win[None, :])
+        pairs = pair_mask(q_valid, k_valid, q_win, k_win, WINDOWS_PER_GROUP)
         m_i, l_i, acc = attend_key_tile(q, k_base, v_base, k_tok, k_valid, stride_kn, stride_vn, cols, col_mask,
-                                        pair_mask, m_i, l_i, acc, qk_scale, DOT_PRECISION)
+                                        pairs, m_i, l_i, acc, qk_scale, DOT_PRECISION)
 
     out, lse = softmax_finish(m_i, l_i, acc)
     store_rows(out_ptr + b * stride_ob + head * stride_oh, out, q_tok, q_valid, stride_on, cols, col_mask)
@@ -137,9 +137,9 @@ def local_attn_bwd_kernel_dkdv(
     for q_start in range(0, slots, BLOCK_Q):
         q_tok, q_valid, q_win = group_tokens(q_start + tl.arange(0, BLOCK_Q), group, windows_h, windows_w, F, H, W,
                                              f, h, w, WINDOWS_PER_GROUP, SLOTS_PER_WINDOW)
-        pair_mask = q_valid[:, None] & k_valid[None, :] & (q_win[:, None] == k_win[None, :])
+        pairs = pair_mask(q_valid, k_valid, q_win, k_win, WINDOWS_PER_GROUP)
         dk, dv = dkdv_query_tile(dk, dv, k, v, q_base, g_base, o_base, l_base, q_tok, q_valid,
-                                 stride_qn, stride_gn, stride_on, cols, col_mask, pair_mask,
+                                 stride_qn, stride_gn, stride_on, cols, col_mask, pairs,
                                  dq_ptr + d_offset, stride_dn, scale, qk_scale, SINGLE_KEY_TILE, DOT_PRECISION)
     store_rows(dk_ptr + d_offset, dk * scale, k_tok, k_valid, stride_dn, cols, col_mask)
     store_rows(dv_ptr + d_offset, dv, k_tok, k_valid, stride_dn, cols, col_mask)

@@ -46,3 +46,16 @@ def group_tokens(slots, group, windows_h, windows_w, F, H, W, f, h, w,
     t0, y0, x0, extent_h, extent_w, count = window_geometry(window, windows_h, windows_w, F, H, W, f, h, w)
     tokens = window_tokens(slot, t0, y0, x0, extent_h, extent_w, H, W)
     return tokens, slot < count, window
+
+
+@triton.jit
+def pair_mask(q_valid, k_valid, q_win, k_win, WINDOWS_PER_GROUP: tl.constexpr):
+    """(queries, keys) mask of the pairs that attend: both slots hold a token of the same window.
+
+    A group of one window needs no window comparison, and its window id is a scalar (which newer
+    Tritons, 3.9 on, refuse to index with [:, None]).
+    """
+    valid = q_valid[:, None] & k_valid[None, :]
+    if WINDOWS_PER_GROUP > 1:
+        valid = valid & (q_win[:, None] == k_win[None, :])
+    return valid
