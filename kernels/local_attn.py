@@ -19,15 +19,15 @@ import triton.language as tl
 
 from ..geometry import num_windows
 from .attn_tile import (
-    attend_key_tile, dkdv_query_tile, dq_key_tile, load_query_grads, load_rows, log2_scale, program_coordinates,
-    softmax_finish, store_rows,
+    attend_key_tile, dkdv_query_tile, dq_key_tile, has_nonfinite, load_query_grads, load_rows, log2_scale,
+    program_coordinates, softmax_finish, store_rows,
 )
 from .tuning import (
     ATTENTION_BWD_CONFIGS, ATTENTION_FWD_CONFIGS, MIN_TILE, dot_precision, head_dim_tile, key_tile,
     prune_attention_dkdv, prune_attention_dq, prune_attention_fwd,
 )
 from .utils import device_guard, last_dim_contiguous, next_power_of_2
-from .window_index import group_tokens, pair_mask, window_geometry, window_tokens
+from .window_index import group_tokens, only_window, pair_mask, window_geometry, window_tokens
 
 # Windows of at most PACKED_TILE / 2 tokens share a tile of PACKED_TILE slots with their neighbours.
 PACKED_TILE = 64
@@ -56,6 +56,96 @@ def _slots(group, windows_h, windows_w, F, H, W, f, h, w, BLOCK_K: tl.constexpr,
         return BLOCK_K
 
 
+@triton.jit
+def _attend_group(q, q_valid, q_win, k_base, v_base, group, slots, windows_h, windows_w, F, H, W, f, h, w,
+                  stride_kn, stride_vn, cols, col_mask, qk_scale, own,
+                  BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+                  WINDOWS_PER_GROUP: tl.constexpr, SLOTS_PER_WINDOW: tl.constexpr, ONE_WINDOW: tl.constexpr,
+                  DOT_PRECISION: tl.constexpr):
+    """Running max, sum and output of a query block over its group's key tiles; with ONE_WINDOW only
+    the keys of window `own` are loaded (the others read as 0), see `local_attn_fwd_kernel`."""
+    m_i = tl.full((BLOCK_Q,), -1.0e30, tl.float32)
+    l_i = tl.zeros((BLOCK_Q,), tl.float32)
+    acc = tl.zeros((BLOCK_Q, BLOCK_D), tl.float32)
+    for k_start in range(0, slots, BLOCK_K):
+        k_tok, k_valid, k_win = group_tokens(k_start + tl.arange(0, BLOCK_K), group, windows_h, windows_w, F, H, W,
+                                             f, h, w, WINDOWS_PER_GROUP, SLOTS_PER_WINDOW)
+        k_valid = only_window(k_valid, k_win, own, ONE_WINDOW)
+        pairs = pair_mask(q_valid, k_valid, q_win, k_win, WINDOWS_PER_GROUP)
+        m_i, l_i, acc = attend_key_tile(q, k_base, v_base, k_tok, k_valid, stride_kn, stride_vn, cols, col_mask,
+                                        pairs, m_i, l_i, acc, qk_scale, DOT_PRECISION)
+    return m_i, l_i, acc
+
+
+@triton.jit
+def _dkdv_group(k, v, k_valid, k_win, q_base, g_base, o_base, l_base, dq_base, group, slots, windows_h, windows_w,
+                F, H, W, f, h, w, stride_qn, stride_gn, stride_on, stride_dn, cols, col_mask, scale, qk_scale,
+                own, store_dq, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+                WINDOWS_PER_GROUP: tl.constexpr, SLOTS_PER_WINDOW: tl.constexpr, SINGLE_KEY_TILE: tl.constexpr,
+                ONE_WINDOW: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """dK and dV (unscaled) of a key block over its group's query blocks, writing their dQ with
+    SINGLE_KEY_TILE and `store_dq`; with ONE_WINDOW only the queries of window `own` are loaded."""
+    dk = tl.zeros((BLOCK_K, BLOCK_D), tl.float32)
+    dv = tl.zeros((BLOCK_K, BLOCK_D), tl.float32)
+    for q_start in range(0, slots, BLOCK_Q):
+        q_tok, q_valid, q_win = group_tokens(q_start + tl.arange(0, BLOCK_Q), group, windows_h, windows_w, F, H, W,
+                                             f, h, w, WINDOWS_PER_GROUP, SLOTS_PER_WINDOW)
+        q_valid = only_window(q_valid, q_win, own, ONE_WINDOW)
+        pairs = pair_mask(q_valid, k_valid, q_win, k_win, WINDOWS_PER_GROUP)
+        dk, dv = dkdv_query_tile(dk, dv, k, v, q_base, g_base, o_base, l_base, q_tok, q_valid,
+                                 stride_qn, stride_gn, stride_on, cols, col_mask, pairs, dq_base, stride_dn, store_dq,
+                                 scale, qk_scale, SINGLE_KEY_TILE, DOT_PRECISION)
+    return dk, dv
+
+
+# The per-window passes below run only for a packed tile that holds a NaN or an infinity. They are
+# separate device functions (noinline) so that their registers do not add to the one-pass code's.
+
+
+@triton.jit(noinline=True)
+def _attend_one_window(q_base, k_base, v_base, o_base, l_base, q_start, own, group, slots, windows_h, windows_w,
+                       F, H, W, f, h, w, stride_qn, stride_kn, stride_vn, stride_on, qk_scale,
+                       HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+                       WINDOWS_PER_GROUP: tl.constexpr, SLOTS_PER_WINDOW: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Forward of window `own` of a packed group, the other windows' rows read as 0: stores its rows."""
+    q_tok, q_valid, q_win = group_tokens(q_start + tl.arange(0, BLOCK_Q), group, windows_h, windows_w, F, H, W,
+                                         f, h, w, WINDOWS_PER_GROUP, SLOTS_PER_WINDOW)
+    rows = q_valid & (q_win == own)
+    cols = tl.arange(0, BLOCK_D)
+    col_mask = cols < HEAD_DIM
+    q = load_rows(q_base, q_tok, rows, stride_qn, cols, col_mask)
+    m_i, l_i, acc = _attend_group(q, rows, q_win, k_base, v_base, group, slots, windows_h, windows_w,
+                                  F, H, W, f, h, w, stride_kn, stride_vn, cols, col_mask, qk_scale, own,
+                                  BLOCK_Q, BLOCK_K, BLOCK_D, WINDOWS_PER_GROUP, SLOTS_PER_WINDOW, True, DOT_PRECISION)
+    out, lse = softmax_finish(m_i, l_i, acc)
+    store_rows(o_base, out, q_tok, rows, stride_on, cols, col_mask)
+    tl.store(l_base + q_tok, lse, mask=rows)
+
+
+@triton.jit(noinline=True)
+def _dkdv_one_window(k_base, v_base, q_base, g_base, o_base, l_base, dq_base, dk_base, dv_base, k_start, own,
+                     group, slots, windows_h, windows_w, F, H, W, f, h, w, stride_kn, stride_vn, stride_qn,
+                     stride_gn, stride_on, stride_dn, scale, qk_scale, store_dq,
+                     HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+                     WINDOWS_PER_GROUP: tl.constexpr, SLOTS_PER_WINDOW: tl.constexpr,
+                     SINGLE_KEY_TILE: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Backward of window `own` of a packed group, the other windows' rows read as 0: stores its
+    rows of dK and dV, and of dQ if `store_dq`."""
+    k_tok, k_valid, k_win = group_tokens(k_start + tl.arange(0, BLOCK_K), group, windows_h, windows_w, F, H, W,
+                                         f, h, w, WINDOWS_PER_GROUP, SLOTS_PER_WINDOW)
+    keys = k_valid & (k_win == own)
+    cols = tl.arange(0, BLOCK_D)
+    col_mask = cols < HEAD_DIM
+    k = load_rows(k_base, k_tok, keys, stride_kn, cols, col_mask)
+    v = load_rows(v_base, k_tok, keys, stride_vn, cols, col_mask)
+    dk, dv = _dkdv_group(k, v, keys, k_win, q_base, g_base, o_base, l_base, dq_base, group, slots,
+                         windows_h, windows_w, F, H, W, f, h, w, stride_qn, stride_gn, stride_on, stride_dn,
+                         cols, col_mask, scale, qk_scale, own, store_dq, BLOCK_Q, BLOCK_K, BLOCK_D,
+                         WINDOWS_PER_GROUP, SLOTS_PER_WINDOW, SINGLE_KEY_TILE, True, DOT_PRECISION)
+    store_rows(dk_base, dk * scale, k_tok, keys, stride_dn, cols, col_mask)
+    store_rows(dv_base, dv, k_tok, keys, stride_dn, cols, col_mask)
+
+
 @triton.autotune(configs=ATTENTION_FWD_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": prune_attention_fwd})
 @triton.jit
 def local_attn_fwd_kernel(
@@ -82,19 +172,27 @@ def local_attn_fwd_kernel(
     k_base = k_ptr + b * stride_kb + head * stride_kh
     v_base = v_ptr + b * stride_vb + head * stride_vh
 
-    m_i = tl.full((BLOCK_Q,), -1.0e30, tl.float32)
-    l_i = tl.zeros((BLOCK_Q,), tl.float32)
-    acc = tl.zeros((BLOCK_Q, BLOCK_D), tl.float32)
-    for k_start in range(0, slots, BLOCK_K):
-        k_tok, k_valid, k_win = group_tokens(k_start + tl.arange(0, BLOCK_K), group, windows_h, windows_w, F, H, W,
-                                             f, h, w, WINDOWS_PER_GROUP, SLOTS_PER_WINDOW)
-        pairs = pair_mask(q_valid, k_valid, q_win, k_win, WINDOWS_PER_GROUP)
-        m_i, l_i, acc = attend_key_tile(q, k_base, v_base, k_tok, k_valid, stride_kn, stride_vn, cols, col_mask,
-                                        pairs, m_i, l_i, acc, qk_scale, DOT_PRECISION)
-
-    out, lse = softmax_finish(m_i, l_i, acc)
-    store_rows(out_ptr + b * stride_ob + head * stride_oh, out, q_tok, q_valid, stride_on, cols, col_mask)
-    tl.store(lse_ptr + b * stride_lb + head * stride_lh + q_tok, lse, mask=q_valid)
+    o_base = out_ptr + b * stride_ob + head * stride_oh
+    l_base = lse_ptr + b * stride_lb + head * stride_lh
+    m_i, l_i, acc = _attend_group(q, q_valid, q_win, k_base, v_base, group, slots, windows_h, windows_w,
+                                  F, H, W, f, h, w, stride_kn, stride_vn, cols, col_mask, qk_scale, 0,
+                                  BLOCK_Q, BLOCK_K, BLOCK_D, WINDOWS_PER_GROUP, SLOTS_PER_WINDOW, False, DOT_PRECISION)
+    # Packed windows share the key tile, and in P V a NaN/Inf row of V meets the zero probabilities of
+    # every other window (0 x Inf = NaN). Any non-finite output therefore has the tile redone one
+    # window at a time, with the other windows' keys read as 0, so a fault stays in its window.
+    fault = False
+    if WINDOWS_PER_GROUP > 1:
+        fault = has_nonfinite(acc)
+    if fault:
+        for i in range(WINDOWS_PER_GROUP):
+            _attend_one_window(q_ptr + b * stride_qb + head * stride_qh, k_base, v_base, o_base, l_base, q_start,
+                               group * WINDOWS_PER_GROUP + i, group, slots, windows_h, windows_w, F, H, W, f, h, w,
+                               stride_qn, stride_kn, stride_vn, stride_on, qk_scale, HEAD_DIM, BLOCK_Q, BLOCK_K,
+                               BLOCK_D, WINDOWS_PER_GROUP, SLOTS_PER_WINDOW, DOT_PRECISION)
+    else:
+        out, lse = softmax_finish(m_i, l_i, acc)
+        store_rows(o_base, out, q_tok, q_valid, stride_on, cols, col_mask)
+        tl.store(l_base + q_tok, lse, mask=q_valid)
 
 
 @triton.autotune(configs=ATTENTION_BWD_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": prune_attention_dkdv})
@@ -132,17 +230,36 @@ def local_attn_bwd_kernel_dkdv(
     l_base = lse_ptr + b * stride_lb + head * stride_lh
     d_offset = b * stride_db + head * stride_dh
 
-    dk = tl.zeros((BLOCK_K, BLOCK_D), tl.float32)
-    dv = tl.zeros((BLOCK_K, BLOCK_D), tl.float32)
-    for q_start in range(0, slots, BLOCK_Q):
-        q_tok, q_valid, q_win = group_tokens(q_start + tl.arange(0, BLOCK_Q), group, windows_h, windows_w, F, H, W,
-                                             f, h, w, WINDOWS_PER_GROUP, SLOTS_PER_WINDOW)
-        pairs = pair_mask(q_valid, k_valid, q_win, k_win, WINDOWS_PER_GROUP)
-        dk, dv = dkdv_query_tile(dk, dv, k, v, q_base, g_base, o_base, l_base, q_tok, q_valid,
-                                 stride_qn, stride_gn, stride_on, cols, col_mask, pairs,
-                                 dq_ptr + d_offset, stride_dn, scale, qk_scale, SINGLE_KEY_TILE, DOT_PRECISION)
-    store_rows(dk_ptr + d_offset, dk * scale, k_tok, k_valid, stride_dn, cols, col_mask)
-    store_rows(dv_ptr + d_offset, dv, k_tok, k_valid, stride_dn, cols, col_mask)
+    if WINDOWS_PER_GROUP == 1:
+        dk, dv = _dkdv_group(k, v, k_valid, k_win, q_base, g_base, o_base, l_base, dq_ptr + d_offset, group, slots,
+                             windows_h, windows_w, F, H, W, f, h, w, stride_qn, stride_gn, stride_on, stride_dn,
+                             cols, col_mask, scale, qk_scale, 0, True, BLOCK_Q, BLOCK_K, BLOCK_D,
+                             WINDOWS_PER_GROUP, SLOTS_PER_WINDOW, SINGLE_KEY_TILE, False, DOT_PRECISION)
+        store_rows(dk_ptr + d_offset, dk * scale, k_tok, k_valid, stride_dn, cols, col_mask)
+        store_rows(dv_ptr + d_offset, dv, k_tok, k_valid, stride_dn, cols, col_mask)
+    else:
+        # Packed windows: the products over the tile's query slots (dS^T Q, P^T dO) and key slots
+        # (dS K) meet one window's NaN/Inf with the other windows' zeros. A non-finite q or dO row
+        # reaches every key's dK or dV, which the one-pass result shows; a non-finite key would
+        # reach every window's dQ, so then dQ is not stored by the one pass. Either way the tile is
+        # redone window by window: the other windows' rows read as 0, and only the window's own
+        # rows of dK, dV (and of dQ, unless the one pass wrote it exactly) are stored.
+        key_fault = has_nonfinite(k)
+        dk, dv = _dkdv_group(k, v, k_valid, k_win, q_base, g_base, o_base, l_base, dq_ptr + d_offset, group,
+                             slots, windows_h, windows_w, F, H, W, f, h, w, stride_qn, stride_gn, stride_on,
+                             stride_dn, cols, col_mask, scale, qk_scale, 0, key_fault == 0, BLOCK_Q, BLOCK_K, BLOCK_D,
+                             WINDOWS_PER_GROUP, SLOTS_PER_WINDOW, SINGLE_KEY_TILE, False, DOT_PRECISION)
+        if key_fault | has_nonfinite(dk) | has_nonfinite(dv):
+            for i in range(WINDOWS_PER_GROUP):
+                _dkdv_one_window(k_ptr + b * stride_kb + head * stride_kh, v_ptr + b * stride_vb + head * stride_vh,
+                                 q_base, g_base, o_base, l_base, dq_ptr + d_offset, dk_ptr + d_offset,
+                                 dv_ptr + d_offset, k_start, group * WINDOWS_PER_GROUP + i, group, slots, windows_h,
+                                 windows_w, F, H, W, f, h, w, stride_kn, stride_vn, stride_qn, stride_gn, stride_on,
+                                 stride_dn, scale, qk_scale, key_fault, HEAD_DIM, BLOCK_Q, BLOCK_K, BLOCK_D,
+                                 WINDOWS_PER_GROUP, SLOTS_PER_WINDOW, SINGLE_KEY_TILE, DOT_PRECISION)
+        else:
+            store_rows(dk_ptr + d_offset, dk * scale, k_tok, k_valid, stride_dn, cols, col_mask)
+            store_rows(dv_ptr + d_offset, dv, k_tok, k_valid, stride_dn, cols, col_mask)
 
 
 @triton.autotune(configs=ATTENTION_BWD_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": prune_attention_dq})

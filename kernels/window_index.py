@@ -59,3 +59,11 @@ def pair_mask(q_valid, k_valid, q_win, k_win, WINDOWS_PER_GROUP: tl.constexpr):
     if WINDOWS_PER_GROUP > 1:
         valid = valid & (q_win[:, None] == k_win[None, :])
     return valid
+
+
+@triton.jit
+def only_window(valid, win, own, ONE_WINDOW: tl.constexpr):
+    """`valid` restricted to the slots of window `own` of a packed group when ONE_WINDOW."""
+    if ONE_WINDOW:
+        valid = valid & (win == own)
+    return valid
