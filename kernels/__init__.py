@@ -1,7 +1,12 @@
 """Triton kernels of logo_attn, installed as ``logo_attn.kernels`` (never import as top-level ``kernels``).
 
 The "triton" backend: the six functions of the backend protocol (`logo_attn.backends`), one file
-per op (`local_attn.py`, `global_attn.py`, `window_pool.py`), each holding its kernels and launchers.
+per op (`local_attn.py`, `global_attn.py`, `window_pool.py`), each holding its kernels and launchers;
+`relative_bias.py` holds the kernel of the local op's bias gradient. The local op takes shifted
+windows and a relative-position bias:
+
+    local_attn_fwd(q, k, v, grid, window, shift, bias, scale)                            -> (out, lse)
+    local_attn_bwd(dout, q, k, v, out, lse, grid, window, shift, bias, scale, bias_grad) -> (dq, dk, dv, dbias)
 """
 
 from .global_attn import global_attn_bwd, global_attn_fwd

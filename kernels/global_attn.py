@@ -59,7 +59,7 @@ def global_attn_fwd_kernel(
         k_tok = k_start + tl.arange(0, BLOCK_K)
         k_valid = k_tok < keys
         m_i, l_i, acc = attend_key_tile(q, k_base, v_base, k_tok, k_valid, stride_kn, stride_vn, cols, col_mask,
-                                        k_valid[None, :], m_i, l_i, acc, qk_scale, DOT_PRECISION)
+                                        k_valid[None, :], 0.0, m_i, l_i, acc, qk_scale, False, DOT_PRECISION)
 
     out, lse = softmax_finish(m_i, l_i, acc)
     store_rows(out_ptr + b * stride_ob + head * stride_oh, out, q_tok, q_valid, stride_on, cols, col_mask)
@@ -103,8 +103,8 @@ def global_attn_bwd_kernel_dkdv(
         q_tok = q_start + tl.arange(0, BLOCK_Q)
         q_valid = q_tok < chunk_end
         dk, dv = dkdv_query_tile(dk, dv, k, v, q_base, g_base, o_base, l_base, q_tok, q_valid,
-                                 stride_qn, stride_gn, stride_on, cols, col_mask, q_valid[:, None] & k_valid[None, :],
-                                 dq_base, stride_dn, True, scale, qk_scale, SINGLE_KEY_TILE, DOT_PRECISION)
+                                 stride_qn, stride_gn, stride_on, cols, col_mask, q_valid[:, None] & k_valid[None, :], 0.0,
+                                 dq_base, stride_dn, True, scale, qk_scale, SINGLE_KEY_TILE, False, DOT_PRECISION)
     partial = chunk * stride_pc + b * stride_pb + head * stride_ph
     store_rows(dk_ptr + partial, dk * scale, k_tok, k_valid, stride_pn, cols, col_mask)
     store_rows(dv_ptr + partial, dv, k_tok, k_valid, stride_pn, cols, col_mask)
@@ -139,7 +139,7 @@ def global_attn_bwd_kernel_dq(
         k_tok = k_start + tl.arange(0, BLOCK_K)
         k_valid = k_tok < keys
         dq = dq_key_tile(dq, q, dout, lse_log2, delta, k_base, v_base, k_tok, k_valid, stride_kn, stride_vn,
-                         cols, col_mask, q_valid[:, None] & k_valid[None, :], qk_scale, DOT_PRECISION)
+                         cols, col_mask, q_valid[:, None] & k_valid[None, :], 0.0, qk_scale, False, DOT_PRECISION)
     store_rows(dq_ptr + b * stride_db + head * stride_dh, dq * scale, q_tok, q_valid, stride_dn, cols, col_mask)
 
 

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from logo_attn import backends, global_attention, local_attention, reference, window_pool
-from oracle import assert_matches, attention_inputs, check_op
+from oracle import as_double_leaves, assert_matches, attention_inputs, check_op
 
 triton = pytest.importorskip("triton")
 if not torch.cuda.is_available() and not backends.triton_interpreted():
@@ -98,7 +98,7 @@ def test_local_lse_and_protocol_outputs(grid, window, poison_empty):
     """The protocol functions directly: fresh contiguous outputs, fp32 lse equal to the reference's."""
     N = math.prod(grid)
     q, k, v = (t.detach() for t in attention_inputs(2, N, N, 2, 32, torch.float32, DEVICE, "packed"))
-    out, lse = local_attn.local_attn_fwd(q, k, v, grid, window, 0.3)
+    out, lse = local_attn.local_attn_fwd(q, k, v, grid, window, (0, 0, 0), None, 0.3)
     want_out, want_lse = reference.local_attention_with_lse(*(t.double() for t in (q, k, v)), grid, window, 0.3)
     assert out.is_contiguous() and lse.dtype == torch.float32 and lse.shape == (2, 2, N)
     assert_matches("out", out, want_out, torch.float32)
@@ -119,11 +119,13 @@ def test_local_backward_reads_stride0_gradients_in_place(poison_empty):
     grid, window = (3, 5, 6), (2, 3, 4)
     N = math.prod(grid)
     q, k, v = (t.detach() for t in attention_inputs(2, N, N, 2, 16, torch.float32, DEVICE, "packed"))
-    out, lse = local_attn.local_attn_fwd(q, k, v, grid, window, 0.25)
+    out, lse = local_attn.local_attn_fwd(q, k, v, grid, window, (0, 0, 0), None, 0.25)
     dout = torch.randn(1, 1, 2, 16, device=DEVICE).expand(2, N, 2, 16)
     assert utils.last_dim_contiguous(dout) is dout
-    got = local_attn.local_attn_bwd(dout, q, k, v, out, lse, grid, window, 0.25)
-    want = reference.local_attn_bwd(dout.double(), *(t.double() for t in (q, k, v, out, lse)), grid, window, 0.25)
+    *got, dbias = local_attn.local_attn_bwd(dout, q, k, v, out, lse, grid, window, (0, 0, 0), None, 0.25, False)
+    assert dbias is None
+    leaves = as_double_leaves(q, k, v)
+    want = torch.autograd.grad(reference.local_attention(*leaves, grid, window, 0.25), leaves, dout.double())
     for name, g, w in zip(("dq", "dk", "dv"), got, want):
         assert_matches(name, g, w, torch.float32)
 
@@ -258,7 +260,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 import torch
-from logo_attn.kernels import global_attn, local_attn, tuning, window_pool
+from logo_attn.kernels import global_attn, local_attn, relative_bias, tuning, window_pool
 
 from triton.backends.nvidia.compiler import get_ptxas
 ptxas = get_ptxas(90).path  # the ptxas Triton itself uses for sm_90 (3.9 ships a newer one for its PTX 9.x)
@@ -270,7 +272,7 @@ def compile_kernel(kernel, dtype, constants, num_warps, num_stages):
         if param.is_constexpr:
             signature[param.name] = "constexpr"
         elif param.name.endswith("_ptr"):
-            signature[param.name] = "*fp32" if param.name == "lse_ptr" else "*" + dtype
+            signature[param.name] = "*fp32" if param.name in ("lse_ptr", "part_ptr") else "*" + dtype
         else:
             signature[param.name] = "fp32" if param.name.endswith("scale") else "i32"
         if param.name.endswith("_ptr") or param.name.startswith("stride_"):
@@ -308,7 +310,9 @@ for dtype, head_dim in (("fp16", 64), ("bf16", 128), ("fp32", 128)):
         (local_attn.local_attn_bwd_kernel_dq,
          dict(BLOCK_K=tile, WINDOWS_PER_GROUP=1, SLOTS_PER_WINDOW=tile, SINGLE_KEY_TILE=False)),
     ]
-    plans = local_plans + [
+    # every local-attention plan without and with the relative-position bias
+    plans = [(kernel, {**plan, "HAS_BIAS": has_bias}) for kernel, plan in local_plans for has_bias in (False, True)]
+    plans += [
         (global_attn.global_attn_fwd_kernel, dict(BLOCK_K=16, SINGLE_KEY_TILE=True)),
         (global_attn.global_attn_bwd_kernel_dkdv, dict(BLOCK_K=tile, SINGLE_KEY_TILE=True)),
         (global_attn.global_attn_bwd_kernel_dq, dict(BLOCK_K=tile, SINGLE_KEY_TILE=False)),
@@ -321,6 +325,9 @@ for dtype, head_dim in (("fp16", 64), ("bf16", 128), ("fp32", 128)):
                      key=lambda c: (c.kwargs["BLOCK_Q"] / c.num_warps, c.num_stages))
         constants.update(config.kwargs)
         results.append(compile_kernel(kernel, dtype, constants, config.num_warps, config.num_stages))
+    # the bias gradient (not autotuned: one tile size per head dim, 8 warps, 1 stage)
+    results.append(compile_kernel(relative_bias.local_attn_bwd_kernel_dbias, dtype,
+                                  {**common, "BLOCK": relative_bias.dbias_tile(head_dim)}, 8, 1))
     for pool_kernel in (window_pool.window_pool_fwd_kernel, window_pool.window_pool_bwd_kernel):
         results.append(compile_kernel(pool_kernel, dtype, dict(BLOCK_T=32, BLOCK_C=128), 4, 1))
 print(json.dumps(results))
