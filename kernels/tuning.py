@@ -129,6 +129,7 @@ prune_attention_fwd = config_pruner(
     registers=lambda bq, bk, bd, nb: bq * bk + bq * bd + bq * bd * nb / 4,
     shared=lambda bq, bk, bd, nb, stages: nb * (bq * bd + stages * 2 * bk * bd),
     loops_over_keys=True,
+    packed_extra=lambda bq, bk, bd, nb: bk * bd,  # fitted to ptxas's counts for sm_90 (bf16, d = 128, bias)
 )
 # dK/dV: two accumulators, the K and V tiles, the q, dO and O tiles, scores and score gradients;
 # shared memory holds K and V, the q, dO, O tiles per stage and the transposed P and dS.
