@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from logo_attn import backends, global_attention, local_attention, reference, window_pool
-from oracle import assert_matches, attention_inputs, check_op
+from oracle import as_double_leaves, assert_matches, attention_inputs, check_op
 
 triton = pytest.importorskip("triton")
 if not torch.cuda.is_available() and not backends.triton_interpreted():
@@ -98,7 +98,7 @@ def test_local_lse_and_protocol_outputs(grid, window, poison_empty):
     """The protocol functions directly: fresh contiguous outputs, fp32 lse equal to the reference's."""
     N = math.prod(grid)
     q, k, v = (t.detach() for t in attention_inputs(2, N, N, 2, 32, torch.float32, DEVICE, "packed"))
-    out, lse = local_attn.local_attn_fwd(q, k, v, grid, window, 0.3)
+    out, lse = local_attn.local_attn_fwd(q, k, v, grid, window, (0, 0, 0), None, 0.3)
     want_out, want_lse = reference.local_attention_with_lse(*(t.double() for t in (q, k, v)), grid, window, 0.3)
     assert out.is_contiguous() and lse.dtype == torch.float32 and lse.shape == (2, 2, N)
     assert_matches("out", out, want_out, torch.float32)
@@ -119,11 +119,13 @@ def test_local_backward_reads_stride0_gradients_in_place(poison_empty):
     grid, window = (3, 5, 6), (2, 3, 4)
     N = math.prod(grid)
     q, k, v = (t.detach() for t in attention_inputs(2, N, N, 2, 16, torch.float32, DEVICE, "packed"))
-    out, lse = local_attn.local_attn_fwd(q, k, v, grid, window, 0.25)
+    out, lse = local_attn.local_attn_fwd(q, k, v, grid, window, (0, 0, 0), None, 0.25)
     dout = torch.randn(1, 1, 2, 16, device=DEVICE).expand(2, N, 2, 16)
     assert utils.last_dim_contiguous(dout) is dout
-    got = local_attn.local_attn_bwd(dout, q, k, v, out, lse, grid, window, 0.25)
-    want = reference.local_attn_bwd(dout.double(), *(t.double() for t in (q, k, v, out, lse)), grid, window, 0.25)
+    *got, dbias = local_attn.local_attn_bwd(dout, q, k, v, out, lse, grid, window, (0, 0, 0), None, 0.25, False)
+    assert dbias is None
+    leaves = as_double_leaves(q, k, v)
+    want = torch.autograd.grad(reference.local_attention(*leaves, grid, window, 0.25), leaves, dout.double())
     for name, g, w in zip(("dq", "dk", "dv"), got, want):
         assert_matches(name, g, w, torch.float32)
 
@@ -161,6 +163,22 @@ def test_global_attention_1024_keys(poison_empty):
         lambda q, k, v: global_attention(q, k, v, backend="triton"),
         reference.global_attention, (q, k, v), dout, torch.float32, ("out", "dq", "dk", "dv"),
     )
+
+
+def test_global_attention_over_no_keys(poison_empty):
+    """No keys: an empty softmax sum, as the reference computes it (out 0, lse -inf, dq 0), every
+    output written although no kernel program has a key block to run."""
+    q = torch.randn(2, 5, 2, 16, device=DEVICE)
+    k, v = torch.randn(2, 0, 2, 16, device=DEVICE), torch.randn(2, 0, 2, 16, device=DEVICE)
+    out, lse = global_attn.global_attn_fwd(q, k, v, 0.25)
+    want_out, want_lse = reference.global_attention_with_lse(q.double(), k.double(), v.double(), 0.25)
+    assert_matches("out", out, want_out, torch.float32)
+    assert torch.equal(lse.cpu(), want_lse.float())
+    dout = torch.randn_like(out)
+    dq, dk, dv = global_attn.global_attn_bwd(dout, q, k, v, out, lse, 0.25)
+    want = reference.global_attn_bwd(*(t.double() for t in (dout, q, k, v, want_out, want_lse)), 0.25)
+    assert_matches("dq", dq, want[0], torch.float32)
+    assert dk.shape == k.shape and dv.shape == v.shape
 
 
 @pytest.mark.parametrize("Nk", [7, 200])
@@ -242,9 +260,10 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 import torch
-from logo_attn.kernels import global_attn, local_attn, tuning, window_pool
+from logo_attn.kernels import global_attn, local_attn, relative_bias, tuning, window_pool
 
-ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+from triton.backends.nvidia.compiler import get_ptxas
+ptxas = get_ptxas(90).path  # the ptxas Triton itself uses for sm_90 (3.9 ships a newer one for its PTX 9.x)
 
 def compile_kernel(kernel, dtype, constants, num_warps, num_stages):
     fn = kernel.fn if hasattr(kernel, "configs") else kernel  # an Autotuner wraps the JITFunction
@@ -253,7 +272,7 @@ def compile_kernel(kernel, dtype, constants, num_warps, num_stages):
         if param.is_constexpr:
             signature[param.name] = "constexpr"
         elif param.name.endswith("_ptr"):
-            signature[param.name] = "*fp32" if param.name == "lse_ptr" else "*" + dtype
+            signature[param.name] = "*fp32" if param.name in ("lse_ptr", "part_ptr") else "*" + dtype
         else:
             signature[param.name] = "fp32" if param.name.endswith("scale") else "i32"
         if param.name.endswith("_ptr") or param.name.startswith("stride_"):
@@ -263,8 +282,8 @@ def compile_kernel(kernel, dtype, constants, num_warps, num_stages):
                               options={"num_warps": num_warps, "num_stages": num_stages})
     with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
         f.write(compiled.asm["ptx"])
-    log = subprocess.run([ptxas, "-v", "--gpu-name=sm_90a", f.name, "-o", os.devnull],
-                         capture_output=True, text=True).stderr
+    run = subprocess.run([ptxas, "-v", "--gpu-name=sm_90a", f.name, "-o", os.devnull], capture_output=True, text=True)
+    log = run.stdout + run.stderr  # ptxas prints its -v report on stdout
     os.unlink(f.name)
     spills = re.search(r"(\d+) bytes spill stores", log)
     registers = re.search(r"Used (\d+) registers", log)
@@ -279,15 +298,21 @@ DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 for dtype, head_dim in (("fp16", 64), ("bf16", 128), ("fp32", 128)):
     tile = tuning.key_tile(head_dim, DTYPES[dtype])
     common = dict(HEAD_DIM=head_dim, BLOCK_D=head_dim, DOT_PRECISION="ieee")
-    plans = [
+    local_plans = [
         (local_attn.local_attn_fwd_kernel,
          dict(BLOCK_K=tile, WINDOWS_PER_GROUP=1, SLOTS_PER_WINDOW=tile, SINGLE_KEY_TILE=False)),
         (local_attn.local_attn_fwd_kernel,
          dict(BLOCK_K=min(tile, 64), WINDOWS_PER_GROUP=2, SLOTS_PER_WINDOW=min(tile, 64) // 2, SINGLE_KEY_TILE=True)),
         (local_attn.local_attn_bwd_kernel_dkdv,
          dict(BLOCK_K=tile, WINDOWS_PER_GROUP=1, SLOTS_PER_WINDOW=tile, SINGLE_KEY_TILE=True)),
+        (local_attn.local_attn_bwd_kernel_dkdv,
+         dict(BLOCK_K=min(tile, 64), WINDOWS_PER_GROUP=2, SLOTS_PER_WINDOW=min(tile, 64) // 2, SINGLE_KEY_TILE=True)),
         (local_attn.local_attn_bwd_kernel_dq,
          dict(BLOCK_K=tile, WINDOWS_PER_GROUP=1, SLOTS_PER_WINDOW=tile, SINGLE_KEY_TILE=False)),
+    ]
+    # every local-attention plan without and with the relative-position bias
+    plans = [(kernel, {**plan, "HAS_BIAS": has_bias}) for kernel, plan in local_plans for has_bias in (False, True)]
+    plans += [
         (global_attn.global_attn_fwd_kernel, dict(BLOCK_K=16, SINGLE_KEY_TILE=True)),
         (global_attn.global_attn_bwd_kernel_dkdv, dict(BLOCK_K=tile, SINGLE_KEY_TILE=True)),
         (global_attn.global_attn_bwd_kernel_dq, dict(BLOCK_K=tile, SINGLE_KEY_TILE=False)),
@@ -300,6 +325,9 @@ for dtype, head_dim in (("fp16", 64), ("bf16", 128), ("fp32", 128)):
                      key=lambda c: (c.kwargs["BLOCK_Q"] / c.num_warps, c.num_stages))
         constants.update(config.kwargs)
         results.append(compile_kernel(kernel, dtype, constants, config.num_warps, config.num_stages))
+    # the bias gradient (not autotuned: one tile size per head dim, 8 warps, 1 stage)
+    results.append(compile_kernel(relative_bias.local_attn_bwd_kernel_dbias, dtype,
+                                  {**common, "BLOCK": relative_bias.dbias_tile(head_dim)}, 8, 1))
     for pool_kernel in (window_pool.window_pool_fwd_kernel, window_pool.window_pool_bwd_kernel):
         results.append(compile_kernel(pool_kernel, dtype, dict(BLOCK_T=32, BLOCK_C=128), 4, 1))
 print(json.dumps(results))
@@ -319,6 +347,7 @@ def test_kernels_compile_for_h100():
     h100_shared_memory = 227 * 1024
     for r in results:
         print(r)
+        assert r["registers"] > 0 and r["spills"] >= 0, f"ptxas printed no register report: {r}"
         assert r["shared"] <= h100_shared_memory, f"needs more shared memory than an H100 has: {r}"
         # a few spilled registers stay in L1 and cost little; hundreds of bytes mean a wrong tile plan
         assert r["spills"] <= 128 or r["dtype"] == "fp32", f"spills registers at the config most likely to: {r}"
