@@ -85,7 +85,7 @@ def main() -> None:
           + f" (max |original| {max(b.abs().max().item() for _, b in pairs):.1e})")
 
     head_dim = args.feature_size // 3  # SwinUNETR's heads (3, 6, 12, 24) grow with the width
-    chosen = backends.choose("auto", device.type, dtype, head_dim, backends.triton_interpreted(), shift_bias=True)
+    chosen = backends.choose("auto", device.type, dtype, head_dim, backends.triton_interpreted())
     print(f'backend="auto" runs shifted windows with a bias on: {chosen}'
           + (" (the PyTorch reference: no kernel here takes them yet)" if chosen == "torch" else ""))
 

@@ -15,8 +15,7 @@ from .window_pool import window_pool_bwd, window_pool_fwd
 
 # What these kernels compute (read by logo_attn.backends); under TRITON_INTERPRET=1 they also run on
 # CPU tensors, which the dispatcher decides.
-CAPABILITY = {"device": "cuda", "dtypes": ("float16", "bfloat16", "float32"), "max_head_dim": 128,
-              "shift_bias": True}
+CAPABILITY = {"device": "cuda", "dtypes": ("float16", "bfloat16", "float32"), "max_head_dim": 128}
 
 __all__ = [
     "local_attn_fwd", "local_attn_bwd", "global_attn_fwd", "global_attn_bwd", "window_pool_fwd", "window_pool_bwd",

@@ -26,13 +26,12 @@ def _capabilities() -> dict:
             "device": device,
             "dtypes": tuple(cap["dtypes"]),
             "max_head_dim": cap["max_head_dim"] or None,  # 0: no limit
-            "shift_bias": True,  # both the CPU and the CUDA kernels take shifted windows and a bias
         }
     return declared
 
 
 # What the kernels compute, per device type: {"device", "dtypes" (torch dtype names), "max_head_dim"
-# (None: no limit), "shift_bias"}; "cuda" only when the CUDA kernels were built.
+# (None: no limit)}; "cuda" only when the CUDA kernels were built.
 CAPABILITIES = _capabilities()
 
 

@@ -13,8 +13,8 @@ real tensors, all returning freshly allocated contiguous tensors:
 q/k/v are (B, N, heads, d) with any strides, lse is (B, heads, N) in fp32 (fp64 for fp64 inputs);
 window is clipped to the grid and shift zeroed on clipped axes; dbias is None unless a bias is
 given and bias_grad is set. Each module declares what it computes beside its code, as a plain dict
-``CAPABILITY = {"device": "cuda" | "cpu" | None, "dtypes": (names...), "max_head_dim": int | None,
-"shift_bias": bool}`` (the C++ adapter one per device, read from the extension itself); this module
+``CAPABILITY = {"device": "cuda" | "cpu" | None, "dtypes": (names...), "max_head_dim": int | None}`` (the
+C++ adapter one per device, read from the extension itself); this module
 only reads them. Like xformers' ``not_supported_reasons``, every refusal comes with a sentence
 saying why.
 """
@@ -44,18 +44,17 @@ AUTO_ORDER = {"cuda": ("triton", "cuda", "torch"), "cpu": ("cpu", "torch")}
 
 @dataclass(frozen=True)
 class Capability:
-    """What a backend computes: device type (None: any), dtypes, the largest head dim its kernels
-    hold (None: any), and whether its local attention takes shifted windows and a bias table."""
+    """What a backend computes: device type (None: any), dtypes and the largest head dim its kernels
+    hold (None: any)."""
 
     device: str | None
     dtypes: tuple[torch.dtype, ...]
     max_head_dim: int | None
-    shift_bias: bool
 
     @classmethod
     def from_declaration(cls, declared: dict) -> Capability:
         dtypes = tuple(getattr(torch, name) for name in declared["dtypes"])
-        return cls(declared["device"], dtypes, declared["max_head_dim"], declared["shift_bias"])
+        return cls(declared["device"], dtypes, declared["max_head_dim"])
 
 
 @dataclass(frozen=True)
@@ -142,8 +141,8 @@ def _interpreter_problem() -> str | None:
     return None
 
 
-def _input_problem(backend: str, device_type: str, dtype: torch.dtype, head_dim: int, shift_bias: bool) -> str | None:
-    """Why the backend cannot compute this dtype, head dim or local-attention variant, or None."""
+def _input_problem(backend: str, device_type: str, dtype: torch.dtype, head_dim: int) -> str | None:
+    """Why the backend cannot compute this dtype or head dim, or None."""
     cap = capability(backend)
     if dtype not in cap.dtypes:
         names = ", ".join(str(d).removeprefix("torch.") for d in cap.dtypes)
@@ -152,17 +151,15 @@ def _input_problem(backend: str, device_type: str, dtype: torch.dtype, head_dim:
         return "Triton's interpreter computes bfloat16 tl.dot wrongly; use float16/float32 on CPU or a GPU"
     if cap.max_head_dim is not None and head_dim > cap.max_head_dim:
         return f"backend {backend!r} supports head_dim up to {cap.max_head_dim}, got {head_dim}"
-    if shift_bias and not cap.shift_bias:
-        return f"backend {backend!r} has no shifted windows or relative-position bias"
     return None
 
 
-def why_not(backend: str, device_type: str, dtype: torch.dtype, head_dim: int, shift_bias: bool = False) -> str | None:
+def why_not(backend: str, device_type: str, dtype: torch.dtype, head_dim: int) -> str | None:
     """The first reason `backend` cannot run on these inputs, or None when it can."""
     return (
         _install_problem(backend)
         or _device_problem(backend, device_type)
-        or _input_problem(backend, device_type, dtype, head_dim, shift_bias)
+        or _input_problem(backend, device_type, dtype, head_dim)
     )
 
 
@@ -172,8 +169,7 @@ def check_name(backend: object) -> None:
 
 
 @functools.lru_cache(maxsize=None)
-def choose(backend: str, device_type: str, dtype: torch.dtype, head_dim: int, interpreted: bool,
-           shift_bias: bool = False) -> str:
+def choose(backend: str, device_type: str, dtype: torch.dtype, head_dim: int, interpreted: bool) -> str:
     """Resolve `backend` for inputs of this device type, dtype and head dim to a concrete backend name.
 
     "auto" takes the first backend of `AUTO_ORDER` that can run; an explicit backend that cannot
@@ -182,19 +178,19 @@ def choose(backend: str, device_type: str, dtype: torch.dtype, head_dim: int, in
     check_name(backend)
     if backend == "auto":
         for candidate in AUTO_ORDER.get(device_type, ("torch",)):
-            if why_not(candidate, device_type, dtype, head_dim, shift_bias) is None:
+            if why_not(candidate, device_type, dtype, head_dim) is None:
                 return candidate
         return "torch"
-    problem = why_not(backend, device_type, dtype, head_dim, shift_bias)
+    problem = why_not(backend, device_type, dtype, head_dim)
     if problem:
         raise ValueError(f"backend {backend!r} cannot run here: {problem}")
     return backend
 
 
-def module_for(backend: str, tensor: torch.Tensor, head_dim: int | None = None, shift_bias: bool = False):
+def module_for(backend: str, tensor: torch.Tensor, head_dim: int | None = None):
     """The protocol module that computes `backend` for inputs like `tensor` (resolving "auto")."""
     head_dim = tensor.shape[-1] if head_dim is None else head_dim
-    name = choose(backend, tensor.device.type, tensor.dtype, int(head_dim), triton_interpreted(), shift_bias)
+    name = choose(backend, tensor.device.type, tensor.dtype, int(head_dim), triton_interpreted())
     return _module(name)
 
 
