@@ -78,10 +78,7 @@ def _import_problem(backend: str) -> str | None:
         module = importlib.import_module(_MODULES[backend])
     except ImportError as error:
         if backend in ("cpu", "cuda"):
-            return (
-                f"the C++ extension logo_attn._C was not built ({error}); "
-                "install with `pip install --no-build-isolation .` next to an installed torch"
-            )
+            return importlib.import_module("logo_attn._extension").status().problem or f"logo_attn._C failed to import: {error}"
         return f"{_MODULES[backend]} failed to import: {error}"
     missing = [name for name in PROTOCOL if not hasattr(module, name)]
     if missing:
