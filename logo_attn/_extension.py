@@ -21,7 +21,8 @@ from pathlib import Path
 import torch  # before logo_attn._C: the extension links against libtorch
 
 RECORD_PATH = Path(__file__).with_name("_build.json")
-REBUILD = "rebuild it against this torch: `pip install --force-reinstall --no-deps .` in the logo_attn source"
+REINSTALL = "reinstall from the logo_attn source with `pip install --force-reinstall --no-deps .`"
+REBUILD = f"rebuild it against this torch: {REINSTALL}"
 FALLBACK = "until then the ops fall back to the pure-PyTorch `torch` backend where they would run C++ kernels (slower)"
 
 
@@ -88,6 +89,15 @@ def status() -> ExtensionStatus:
     except ImportError as error:
         load_error = error
     return diagnose(read_record(), load_error, torch.__version__)
+
+
+def cuda_kernels_problem(record: dict | None = None) -> str:
+    """Why logo_attn._C, which loaded, lacks its CUDA kernels, as the build recorded it (this install's
+    record by default)."""
+    record = read_record() if record is None else record
+    reason = (record or {}).get("cuda_reason") or "the build recorded no reason"
+    return (f"logo_attn._C was built without its CUDA kernels ({reason}). Fix: {REINSTALL}, with "
+            "LOGO_ATTN_FORCE_CUDA=1 to see why they fail")
 
 
 @functools.cache

@@ -93,10 +93,7 @@ def _cuda_kernels_problem() -> str | None:
     if torch.version.cuda is None:
         return "the CUDA extension needs a PyTorch with CUDA, and this one is CPU-only (torch.version.cuda is None)"
     if not importlib.import_module("logo_attn._cpp").has_cuda_kernels():
-        return (
-            "logo_attn._C was built without its CUDA kernels (nvcc was not found at build time, or "
-            "LOGO_ATTN_SKIP_CUDA=1); reinstall with LOGO_ATTN_FORCE_CUDA=1 to build them or see why they fail"
-        )
+        return importlib.import_module("logo_attn._extension").cuda_kernels_problem()
     return None
 
 
