@@ -35,11 +35,18 @@ import subprocess
 import sys
 
 from setuptools import build_meta as _setuptools
-from setuptools.build_meta import *  # noqa: F401,F403  (the hooks this module does not change)
+from setuptools.build_meta import (  # noqa: F401  (the hooks this backend leaves to setuptools)
+    build_editable,
+    build_sdist,
+    build_wheel,
+    get_requires_for_build_sdist,
+    prepare_metadata_for_build_editable,
+    prepare_metadata_for_build_wheel,
+)
 
 # The oldest torch the package supports: the same bound as [project].dependencies in pyproject.toml.
 MIN_TORCH = (2, 11)
-TORCH_REQUIREMENT = "torch>=2.11"
+TORCH_REQUIREMENT = "torch>=" + ".".join(map(str, MIN_TORCH))
 
 # Run by a candidate interpreter: where its torch is, without importing it (that takes seconds).
 _PROBE = r"""
@@ -118,7 +125,8 @@ def find_target_torch() -> dict | None:
         if not found or not found["torch_version"]:
             continue
         if found["cache_tag"] != sys.implementation.cache_tag:
-            _note(f"not using the torch of {python}: it is for {found['cache_tag']}, this build for {sys.implementation.cache_tag}")
+            _note(f"not using the torch of {python}: it is for {found['cache_tag']}, "
+                  f"this build for {sys.implementation.cache_tag}")
         elif _release(found["torch_version"]) < MIN_TORCH:
             _note(f"not using torch {found['torch_version']} of {python}: logo_attn needs {TORCH_REQUIREMENT}")
         else:
@@ -133,15 +141,18 @@ def _use_target_torch() -> None:
     found = find_target_torch()
     if found is None:
         return
+    # "" (the probe's working directory) is skipped: only the target's installed packages are wanted.
     sys.path.extend(p for p in (found["torch_parent"], *found["sys_path"]) if p and p not in sys.path)
     importlib.invalidate_caches()
-    _note(f"compiling against torch {found['torch_version']} from {found['torch_parent']} (the environment of {found['python']})")
+    _note(f"compiling against torch {found['torch_version']} from {found['torch_parent']} "
+          f"(the environment of {found['python']})")
 
 
 def _torch_requirement() -> list[str]:
     if _skipping_cpp() or importlib.util.find_spec("torch") is not None:
         return []
-    _note(f"no torch found in the target environment: asking the frontend for {TORCH_REQUIREMENT} to compile against")
+    _note(f"no torch found in the target environment: asking the frontend for {TORCH_REQUIREMENT} "
+          "to compile against")
     return [TORCH_REQUIREMENT]
 
 
