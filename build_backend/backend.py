@@ -75,7 +75,8 @@ def _skipping_cpp() -> bool:
 
 
 def _release(version: str) -> tuple[int, ...]:
-    """(2, 13, 0) from "2.13.0+cpu" or "2.14.0a0+git1234"."""
+    """(2, 13, 0) from "2.13.0+cpu" or "2.14.0a0+git1234". logo_attn/_extension.py parses versions the
+    same way; a backend cannot import the package it is building, so the three lines live in both."""
     match = re.match(r"\d+(\.\d+)*", version)
     return tuple(int(part) for part in match.group(0).split(".")) if match else ()
 
