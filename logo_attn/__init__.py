@@ -7,12 +7,15 @@ the paper's model, lives in the application subpackage `logo_attn.logoformer`; i
 from here too, loaded only when asked for, so importing the library never imports the application.
 """
 
+from . import _extension
 from ._version import __version__
 from .backends import available_backends
 from .baselines import DividedAttention, FullAttention, SpatialAttention
 from .layers import Block, LocalGlobalAttention, LOGOBlock
 from .ops import global_attention, local_attention, window_pool
 from .swin import WindowAttention3D, swap_monai_attention
+
+_extension.warn_once_if_unusable()  # says once why the C++ kernels are missing, and the fix
 
 __all__ = [
     "__version__",

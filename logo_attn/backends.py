@@ -77,7 +77,7 @@ def _module(backend: str):
         module = importlib.import_module(MODULES[backend])
     except ImportError as error:
         if backend in ("cpu", "cuda"):
-            return f"the C++ extension logo_attn._C is not available ({error}); reinstall with `pip install .`"
+            return importlib.import_module("logo_attn._extension").status().problem or f"logo_attn._C failed to import: {error}"
         return f"{MODULES[backend]} failed to import: {error}"
     missing = [name for name in PROTOCOL if not hasattr(module, name)]
     if missing:
@@ -105,8 +105,7 @@ def _install_problem(backend: str) -> str | None:
         if torch.version.cuda is None:
             return "the CUDA extension needs a PyTorch with CUDA, and this one is CPU-only (torch.version.cuda is None)"
         if capability("cuda") is None:
-            return ("logo_attn._C was built without its CUDA kernels (nvcc was not found at build time, or "
-                    "LOGO_ATTN_SKIP_CUDA=1); reinstall with LOGO_ATTN_FORCE_CUDA=1 to build them or see why they fail")
+            return importlib.import_module("logo_attn._extension").cuda_kernels_problem()
     return None
 
 
