@@ -74,29 +74,27 @@ class _Baseline(nn.Module):
         return grid
 
 
-class FullAttention(_Baseline):
-    """Joint space-time attention: every token (prefix included) attends every token."""
+class _PreNormAttention(_Baseline):
+    """A baseline made of one pre-norm `SelfAttention`: ``norm`` then ``attn``."""
 
     def __init__(self, dim: int, num_heads: int = 8, num_prefix_tokens: int = 0, qkv_bias: bool = False,
                  attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
         super().__init__(dim, num_heads, num_prefix_tokens, qkv_bias, attn_drop, proj_drop)
         self.norm = nn.LayerNorm(dim)
         self.attn = SelfAttention(dim, num_heads, qkv_bias, attn_drop)
+
+
+class FullAttention(_PreNormAttention):
+    """Joint space-time attention: every token (prefix included) attends every token."""
 
     def forward(self, x: Tensor, grid: Sequence[int]) -> Tensor:
         self._grid(x, grid)
         return x + self.drop(self.attn(self.norm(x)))
 
 
-class SpatialAttention(_Baseline):
+class SpatialAttention(_PreNormAttention):
     """Attention among the H*W tokens of each frame; prefix tokens join every frame (one copy each)
     and their outputs are averaged over the frames."""
-
-    def __init__(self, dim: int, num_heads: int = 8, num_prefix_tokens: int = 0, qkv_bias: bool = False,
-                 attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
-        super().__init__(dim, num_heads, num_prefix_tokens, qkv_bias, attn_drop, proj_drop)
-        self.norm = nn.LayerNorm(dim)
-        self.attn = SelfAttention(dim, num_heads, qkv_bias, attn_drop)
 
     def forward(self, x: Tensor, grid: Sequence[int]) -> Tensor:
         P, (frames, height, width) = self.num_prefix_tokens, self._grid(x, grid)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -99,3 +100,17 @@ def check_prefix_tokens(value: object) -> int:
     if count < 0:
         raise ValueError(f"num_prefix_tokens must be >= 0, got {count}")
     return count
+
+
+def check_attention_dropout(attn_drop: object, backend: str) -> float:
+    """attn_drop in [0, 1]. No kernel drops attention probabilities, so a layer trains with the
+    PyTorch reference while attn_drop > 0; an explicitly chosen kernel backend is told so once."""
+    if isinstance(attn_drop, bool) or not isinstance(attn_drop, numbers.Real) or not 0 <= float(attn_drop) <= 1:
+        raise ValueError(f"attn_drop must be a probability in [0, 1], got {attn_drop!r}")
+    if attn_drop > 0 and backend not in ("auto", "torch"):
+        warnings.warn(
+            f"attn_drop={attn_drop}: backend {backend!r} has no attention dropout, so training steps "
+            "compute attention with the PyTorch reference; evaluation uses the kernels",
+            stacklevel=3,
+        )
+    return float(attn_drop)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 
 import torch
@@ -10,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import backends, reference
-from .checks import as_grid, as_window, check_heads, check_prefix_tokens
+from .checks import as_grid, as_window, check_attention_dropout, check_heads, check_prefix_tokens
 from .geometry import clip_window
 from .ops import global_attention, local_attention, window_pool
 
@@ -78,14 +77,8 @@ class LocalGlobalAttention(nn.Module):
         self.window = as_window(window)
         self.pool = pool
         self.num_prefix_tokens = check_prefix_tokens(num_prefix_tokens)
-        self.attn_drop = attn_drop
+        self.attn_drop = check_attention_dropout(attn_drop, backend)
         self.backend = backend
-        if attn_drop > 0 and backend not in ("auto", "torch"):
-            warnings.warn(
-                f"attn_drop={attn_drop}: backend {backend!r} has no attention dropout, so training steps "
-                "compute attention with the PyTorch reference; evaluation uses the kernels",
-                stacklevel=2,
-            )
 
         self.norm_local = norm_layer(dim)
         self.local_qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)

@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from torch.utils import checkpoint
 
 from . import backends, reference
-from .checks import as_shift, as_window, check_heads
+from .checks import as_shift, as_window, check_attention_dropout, check_heads
 from .geometry import NO_SHIFT, bias_table_shape, clip_shift, clip_window
 from .ops import local_attention
 
@@ -102,15 +102,9 @@ class WindowAttention3D(nn.Module):
         self.window_size = as_window(window_size, "window_size")
         self.shift_size = as_shift(shift_size, self.window_size, "shift_size")
         self.scale = (dim // num_heads) ** -0.5
-        self.attn_drop = attn_drop
+        self.attn_drop = check_attention_dropout(attn_drop, backend)
         self.zero_pad = zero_pad
         self.backend = backend
-        if attn_drop > 0 and backend not in ("auto", "torch"):
-            warnings.warn(
-                f"attn_drop={attn_drop}: backend {backend!r} has no attention dropout, so training steps "
-                "compute attention with the PyTorch reference; evaluation uses the kernels",
-                stacklevel=2,
-            )
         self.relative_position_bias_table = nn.Parameter(
             torch.zeros(math.prod(bias_table_shape(self.window_size)), num_heads))
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
