@@ -1,7 +1,7 @@
 """What a result was measured on: device, driver, versions, commit, threads, and the device's roofline.
 
 Every result file carries `environment()` and every run prints `header_line()` first, so a number
-can always be traced to the machine and the code that produced it (DESIGN §7).
+can always be traced to the machine and the code that produced it.
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ class Roofline:
     source: str
 
 
-# Measured ceilings (DESIGN §7; /work/.library/device/KINDS.md): a large device-to-device copy counting
-# bytes read + written, and an 8192^3 bf16 matmul on random data. Keyed by a substring of the device name.
+# Measured ceilings: a large device-to-device copy counting bytes read + written, and an 8192^3 bf16
+# matmul on random data. Keyed by a substring of the device name.
 ROOFLINES = {
     "H200": Roofline(4.3e12, 788e12, "H200: 4.3 TB/s copy, 788 bf16 TFLOP/s, measured"),
-    "H100": Roofline(3.0e12, 790e12, "H100: 3.0 TB/s copy, 790 bf16 TFLOP/s, measured (DESIGN §7)"),
+    "H100": Roofline(3.0e12, 790e12, "H100: 3.0 TB/s copy, 790 bf16 TFLOP/s, measured"),
 }
 
 

@@ -1,7 +1,7 @@
 """What a user would write instead of logo_attn's ops: the peers every speed claim is a ratio against.
 
 All take and return the ops' layout, ``(B, N, heads, head_dim)`` inputs of any strides and a
-contiguous output, so every layout copy a user would pay is inside the timed call (DESIGN §7):
+contiguous output, so every layout copy a user would pay is inside the timed call:
 
 - local attention: `partition_sdpa` (pad + window partition copies + ``F.scaled_dot_product_attention``
   + un-partition), `FlexLocalAttention` (compiled FlexAttention with the block mask built once and
@@ -83,23 +83,28 @@ def _compiled_flex_attention():
 
 
 class FlexLocalAttention:
-    """Local attention with compiled FlexAttention; the block mask is built once here and reused.
+    """Local attention with compiled FlexAttention; the block mask is built on the first call (so that
+    building the benchmark cases, as pytest's collection does, stays cheap) and reused.
 
     FlexAttention has no backward on CPU (PyTorch raises NotImplementedError); `has_backward` says so.
     """
 
     def __init__(self, grid: Grid, window: Grid, device: torch.device) -> None:
+        self.grid, self.window, self.device = tuple(grid), tuple(window), device
+        self.has_backward = torch.device(device).type != "cpu"
+        self.attend = _compiled_flex_attention()
+
+    @functools.cached_property
+    def block_mask(self):
         from torch.nn.attention.flex_attention import create_block_mask
 
-        ids = window_ids(grid, window, device)
+        ids = window_ids(self.grid, self.window, self.device)
         tokens = ids.numel()
 
         def same_window(b, h, q_idx, kv_idx):
             return ids[q_idx] == ids[kv_idx]
 
-        self.block_mask = create_block_mask(same_window, None, None, tokens, tokens, device=device)
-        self.has_backward = torch.device(device).type != "cpu"
-        self.attend = _compiled_flex_attention()
+        return create_block_mask(same_window, None, None, tokens, tokens, device=self.device)
 
     def __call__(self, q: Tensor, k: Tensor, v: Tensor, scale: float | None = None) -> Tensor:
         out = self.attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=self.block_mask,

@@ -1,8 +1,12 @@
 """Smoke tests of benchmarks/: the peers compute what the ops compute, counted FLOPs equal the analytic
-ones on real tensors, the timing helpers measure what they say, and both scripts run on tiny sweeps."""
+ones on real tensors, the timing helpers measure what they say, the scripts run on tiny sweeps, and
+the pytest-benchmark suite runs from the repository root."""
 
 import json
 import math
+import os
+import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -236,3 +240,27 @@ def test_paper_numbers_only_for_the_papers_input():
     assert bench_model.paper_row("logo", 16, 112) == ("LOGO-Former", 10.27)
     assert bench_model.paper_row("divided", 16, 112)[1] == 25.16
     assert bench_model.paper_row("logo", 16, 224) == (None, None)
+
+
+# bench_ops.py options of the smoke run: tiny shapes, every peer but FlexAttention, whose CPU
+# compilation alone takes longer than this test's budget (test_flex_peer_equals_the_op covers it).
+SMOKE_OPS_ARGS = (
+    "--device cpu --batch 1 --grid 3x5x4 --window 2x3x3 --heads 2 --head-dim 16 --global-keys 4 --threads 1 "
+    "--peers partition_sdpa masked_full sdpa avg_pool3d partition_mean sdpa_layer"
+)
+
+
+def test_pytest_benchmark_suite_runs_every_case_once():
+    """`pytest benchmarks --benchmark-disable` (CI's smoke run): every callable of every op, mode and
+    peer runs once and passes its float64 check, in one group per op, mode and shape."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST_")}  # not an xdist worker
+    command = [sys.executable, "-m", "pytest", "benchmarks", "--benchmark-disable", "-v", "-p", "no:cacheprovider",
+               f"--bench-ops-args={SMOKE_OPS_ARGS}"]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    passed = re.findall(r"::test_op\[(.*)\] PASSED", done.stdout)
+    args = bench_ops.parse_args(SMOKE_OPS_ARGS.split())
+    expected = {f"{case.label(mode)} {impl.name}".replace(" ", "-") for case in bench_ops.cases(args)
+                for mode in args.modes for impl in case.impls}
+    assert set(passed) == expected and len(passed) == len(expected)
+    assert "local-fwd+bwd-B1-3x5x4-w2x3x3-2x16-fp32-op[torch]" in expected  # the group names the README shows
