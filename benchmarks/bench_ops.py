@@ -3,14 +3,14 @@
 For each op (local_attention, global_attention, window_pool), the whole LocalGlobalAttention
 layer, and Swin's W-MSA / SW-MSA (local_attention with shift and relative-position bias, against
 MONAI's eager window attention and FlexAttention, at Video-Swin-T's and Swin-UNETR's stages), every
-implementation (the op on each selected backend, then the peers of `benchmarks.peers`)
-is first checked against the float64 PyTorch reference (output and gradients), then timed forward,
-backward and forward+backward: median with 20/80 percentiles, achieved TFLOP/s (FLOPs from
-`logo_attn.flops`, the formulas the ops register; for the layer, FlopCounterMode's count of the same
-layer), achieved GB/s (each input read once, each output written once), the fraction of the device's
-roofline where it is known, and peak memory. `t/t_op` compares a row with the first
-implementation (the op on the first backend) in the same run: above 1, the op is faster. On CPU the
-implementations of a case are timed in alternating rounds and `t/t_op` is the median of the
+implementation (the op on each selected backend, then the peers of `benchmarks.peers`) is first
+checked against the float64 PyTorch reference (output and gradients), then timed forward, backward
+and forward+backward: median with 20/80 percentiles, achieved TFLOP/s (FLOPs from `logo_attn.flops`,
+the formulas the ops register; for the layer, FlopCounterMode's count of the same layer), achieved
+GB/s (each input read once, each output written once), the fraction of the device's roofline where
+it is known (`benchmarks.environment.ROOFLINES`), and peak memory. `t/t_op` compares a row with the
+first implementation (the op on the first backend) in the same run: above 1, the op is faster. On
+CPU the implementations of a case are timed in alternating rounds and `t/t_op` is the median of the
 per-round ratios, so a change in the machine's load during the run does not favour one of them.
 
     python benchmarks/bench_ops.py                       # CPU preset: issue #4 shape, fp32, 2 threads

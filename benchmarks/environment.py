@@ -26,8 +26,9 @@ class Roofline:
     source: str
 
 
-# Measured ceilings: a large device-to-device copy counting bytes read + written, and an 8192^3 bf16
-# matmul on random data. Keyed by a substring of the device name.
+# Ceilings measured on the GPU machines this project is lent (not by this repository's scripts: the
+# GPU run measures its own with benchmarks/gpu_check.sh): a large device-to-device copy counting bytes
+# read + written, and an 8192^3 bf16 matmul on random data. Keyed by a substring of the device name.
 ROOFLINES = {
     "H200": Roofline(4.3e12, 788e12, "H200: 4.3 TB/s copy, 788 bf16 TFLOP/s, measured"),
     "H100": Roofline(3.0e12, 790e12, "H100: 3.0 TB/s copy, 790 bf16 TFLOP/s, measured"),

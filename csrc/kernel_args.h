@@ -19,12 +19,25 @@ struct AttnArgs {
   Dtype dtype;
   int64_t batch, heads, head_dim, q_tokens, k_tokens;
   double scale;
-  int64_t grid[3], window[3];             // local attention only; window already clipped to grid
+  // Local attention only: window already clipped to grid, 0 <= shift < window (0 where window == grid).
+  int64_t grid[3], window[3], shift[3];
   Tensor4 q, k, v, out, dout, dq, dk, dv;  // backward reads dout, q, k, v, out; forward writes out
   void* lse;                              // (B, heads, q_tokens), contiguous, fp32 (fp64 for fp64)
   void* delta;                            // CUDA backward: rowsum(dout * out), (B, heads, q_tokens) fp32
   void* partial;                          // global backward: per query range dK/dV sums, accumulation type
   int64_t splits;                         // global backward: query ranges per (batch, head)
+  // Local attention's relative position bias, or null: the entries of the user's table that the
+  // clipped window's pairs reach, the (2f-1, 2h-1, 2w-1) offset box around the centre
+  // (window_geometry.h's OffsetBox), per head, in the accumulation type, each head's box in
+  // reversed order and the whole followed by 16 readable values: with positions and centre from
+  // OffsetBox, pair (query i, key j) of head h adds bias[h * box + centre - position_i + position_j]
+  // to its score, the user's entry [h, t_i - t_j + f' - 1, y_i - y_j + h' - 1, x_i - x_j + w' - 1].
+  const void* bias;
+  // Backward with the bias gradient, else null: (B, windows, heads, box) scratch where each
+  // (batch, window, head) sums its dS by offset, and dbias (heads, box), the sums of those partials
+  // over batch and windows in that order; accumulation type, boxes in reversed order like bias.
+  void* dbias_partial;
+  void* dbias;
 };
 
 // Window pooling on (B, N, C) tensors with contiguous channels.

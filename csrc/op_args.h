@@ -7,15 +7,20 @@
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/flip.h>
+#include <ATen/ops/zeros.h>
 #include <c10/util/ArrayRef.h>
 
 #include <algorithm>
 #include <array>
 #include <cstdint>
 #include <initializer_list>
+#include <limits>
+#include <optional>
 #include <utility>
 
 #include "kernel_args.h"
+#include "window_geometry.h"
 
 namespace logo_attn {
 
@@ -53,17 +58,13 @@ inline void check_same(const char* op, const at::Tensor& ref, const at::Tensor& 
 }
 
 struct Windows {
-  std::array<int64_t, 3> grid, window;
+  int64_t grid[3], window[3], shift[3] = {0, 0, 0};
   int64_t tokens() const { return grid[0] * grid[1] * grid[2]; }
-  int64_t count() const {
-    int64_t m = 1;
-    for (int a = 0; a < 3; ++a) m *= (grid[a] + window[a] - 1) / window[a];
-    return m;
-  }
+  int64_t count() const { return WindowPartition(grid, window, shift).windows(); }
 };
 
-// grid and window as 3 positive ints each, the window clipped to the grid (DESIGN §1), and the
-// grid's token count equal to `tokens`.
+// grid and window as 3 positive ints each, the window clipped to the grid (a window larger than the
+// grid covers that whole axis), and the grid's token count equal to `tokens`.
 inline Windows check_windows(const char* op, c10::IntArrayRef grid, c10::IntArrayRef window, int64_t tokens,
                              const char* name) {
   TORCH_CHECK(grid.size() == 3, op, ": grid must hold 3 ints (F, H, W), got ", grid);
@@ -83,6 +84,7 @@ inline Windows check_windows(const char* op, c10::IntArrayRef grid, c10::IntArra
 // The tensors of one attention op call, kept alive for the kernels, and their AttnArgs.
 struct AttnCall {
   at::Tensor dout, q, k, v, out, lse, dq, dk, dv;
+  at::Tensor bias, dbias_partial, dbias;  // local attention with a bias: see attach_bias
   AttnArgs args{};
 };
 
@@ -106,7 +108,8 @@ inline AttnCall attention_call(const char* op, Computed computed, const char* ke
   if (windows) {
     TORCH_CHECK(k.size(1) == q.size(1), op, ": q and k must have the same number of tokens, got ", q.size(1), " and ",
                 k.size(1));
-    for (int i = 0; i < 3; ++i) a.grid[i] = windows->grid[i], a.window[i] = windows->window[i];
+    for (int i = 0; i < 3; ++i)
+      a.grid[i] = windows->grid[i], a.window[i] = windows->window[i], a.shift[i] = windows->shift[i];
   }
   c.q = rows_contiguous(q), c.k = rows_contiguous(k), c.v = rows_contiguous(v);
   a.batch = q.size(0), a.heads = q.size(2), a.head_dim = q.size(3), a.q_tokens = q.size(1), a.k_tokens = k.size(1);
@@ -125,10 +128,15 @@ inline AttnCall attention_fwd_call(const char* op, Computed computed, const char
   return c;
 }
 
-// Backward: dout and out like q, lse as the forward made it; allocates dq, dk, dv.
+// Whether a backward kernel reads the forward output: the CUDA kernels take rowsum(dO * O) from it;
+// the CPU kernels have all of a query's keys in one task and get that sum from P and dO Vᵀ instead.
+enum class ReadsOut : bool { no = false, yes = true };
+
+// Backward: dout and out like q, lse as the forward made it; allocates dq, dk, dv. `out` is checked
+// either way but handed to the kernels (made row-contiguous if needed) only when they read it.
 inline AttnCall attention_bwd_call(const char* op, Computed computed, const char* kernels, const at::Tensor& dout,
                                    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
-                                   const at::Tensor& lse, double scale, const Windows* windows) {
+                                   const at::Tensor& lse, double scale, const Windows* windows, ReadsOut reads_out) {
   AttnCall c = attention_call(op, computed, kernels, q, k, v, scale, windows);
   for (auto [t, name] : {std::pair{&dout, "dout"}, {&out, "out"}}) {
     TORCH_CHECK(t->sizes() == q.sizes(), op, ": ", name, " must have q's shape ", q.sizes(), ", got ", t->sizes());
@@ -139,11 +147,13 @@ inline AttnCall attention_bwd_call(const char* op, Computed computed, const char
   TORCH_CHECK(lse.scalar_type() == accumulation_dtype(q.scalar_type()), op, ": lse must be ",
               accumulation_dtype(q.scalar_type()), ", got ", lse.scalar_type());
   TORCH_CHECK(lse.device() == q.device(), op, ": lse is on ", lse.device(), " but q is on ", q.device());
-  c.dout = rows_contiguous(dout), c.out = rows_contiguous(out), c.lse = lse.contiguous();
+  c.dout = rows_contiguous(dout), c.lse = lse.contiguous();
+  if (reads_out == ReadsOut::yes) c.out = rows_contiguous(out);
   c.dq = at::empty(q.sizes(), q.options()), c.dk = at::empty(k.sizes(), k.options());
   c.dv = at::empty(v.sizes(), v.options());
   AttnArgs& a = c.args;
-  a.dout = view(c.dout), a.out = view(c.out), a.lse = c.lse.data_ptr();
+  a.dout = view(c.dout), a.lse = c.lse.data_ptr();
+  if (reads_out == ReadsOut::yes) a.out = view(c.out);
   a.dq = view(c.dq), a.dk = view(c.dk), a.dv = view(c.dv);
   return c;
 }
@@ -176,10 +186,82 @@ inline PoolCall pool_call(const char* op, Computed computed, const char* kernels
   return c;
 }
 
-// Local attention's windows: grid and window checked against q's token count.
-inline Windows local_windows(const char* op, const at::Tensor& q, c10::IntArrayRef grid, c10::IntArrayRef window) {
+// Local attention's windows: grid and window checked against q's token count, and the shift: 3
+// ints with 0 <= shift < window (the clipped one), 0 on an axis whose window covers the grid.
+inline Windows local_windows(const char* op, const at::Tensor& q, c10::IntArrayRef grid, c10::IntArrayRef window,
+                             c10::IntArrayRef shift) {
   TORCH_CHECK(q.dim() == 4, op, ": q must be 4-D (B, N, heads, head_dim), got ", q.sizes());
-  return check_windows(op, grid, window, q.size(1), "q");
+  Windows w = check_windows(op, grid, window, q.size(1), "q");
+  TORCH_CHECK(shift.size() == 3, op, ": shift must hold 3 ints (sf, sh, sw), got ", shift);
+  for (int a = 0; a < 3; ++a) {
+    TORCH_CHECK(shift[a] >= 0 && shift[a] < w.window[a], op, ": shift entries must satisfy 0 <= shift < window ",
+                "(the window clipped to the grid), got shift ", shift, " for window ", window, " and grid ", grid);
+    TORCH_CHECK(shift[a] == 0 || w.window[a] < w.grid[a], op, ": shift must be 0 on an axis whose window covers ",
+                "the whole grid, got shift ", shift, " for window ", window, " and grid ", grid);
+    w.shift[a] = shift[a];
+  }
+  return w;
+}
+
+// (2f-1, 2h-1, 2w-1): the relative offsets the clipped window's pairs reach, per axis.
+inline std::array<int64_t, 3> reach_shape(const Windows& w) {
+  return {2 * w.window[0] - 1, 2 * w.window[1] - 1, 2 * w.window[2] - 1};
+}
+
+// Local attention's bias table, checked, as the kernels read it: bias is (heads, 2f'-1, 2h'-1,
+// 2w'-1) for the window (f', h', w') the user passed, so f' >= the clipped f; dtype q's or the
+// accumulation type; on q's device. The kernels get the entries the clipped window's pairs reach
+// (the (2f-1, 2h-1, 2w-1) box around the centre) in the accumulation type, each head's box in
+// reversed order, followed by kBiasPadding readable values (the CPU kernels read whole vectors).
+constexpr int64_t kBiasPadding = 16;
+
+inline void attach_bias(const char* op, AttnCall& c, const at::Tensor& bias, const Windows& w) {
+  const at::Tensor& q = c.q;
+  TORCH_CHECK(bias.dim() == 4 && bias.size(0) == q.size(2), op, ": bias must be (heads, 2f-1, 2h-1, 2w-1) with ",
+              "heads = ", q.size(2), ", got ", bias.sizes());
+  const at::ScalarType acc = accumulation_dtype(q.scalar_type());
+  TORCH_CHECK(bias.scalar_type() == q.scalar_type() || bias.scalar_type() == acc, op, ": bias must have q's dtype ",
+              q.scalar_type(), " or ", acc, ", got ", bias.scalar_type());
+  TORCH_CHECK(bias.device() == q.device(), op, ": bias is on ", bias.device(), " but q is on ", q.device());
+  const std::array<int64_t, 3> reach = reach_shape(w);
+  at::Tensor box = bias;
+  for (int a = 0; a < 3; ++a) {
+    const int64_t extent = bias.size(a + 1);
+    TORCH_CHECK(extent % 2 == 1 && extent >= reach[a], op, ": bias must be (heads, 2f-1, 2h-1, 2w-1) for a ",
+                "window at least as large as the clipped window (", w.window[0], ", ", w.window[1], ", ",
+                w.window[2], "), got ", bias.sizes());
+    box = box.narrow(a + 1, (extent - reach[a]) / 2, reach[a]);
+  }
+  const int64_t size = OffsetBox(w.window).size, heads = bias.size(0);
+  TORCH_CHECK(size <= std::numeric_limits<int32_t>::max(), op, ": window ", w.window[0], "x", w.window[1], "x",
+              w.window[2], " has more relative offsets than the kernels index (2^31)");
+  c.bias = at::zeros({heads * size + kBiasPadding}, q.options().dtype(acc));
+  c.bias.narrow(0, 0, heads * size).view({heads, reach[0], reach[1], reach[2]}).copy_(box.flip({1, 2, 3}));
+  c.args.bias = c.bias.data_ptr();
+}
+
+// Backward with the bias gradient: the kernels' per-(batch, window, head) partial tables and their
+// sum per head, both in the accumulation type and each box in reversed order, like the table.
+inline void attach_bias_grad(AttnCall& c, const Windows& w) {
+  const std::array<int64_t, 3> reach = reach_shape(w);
+  const auto acc = c.bias.options();
+  c.dbias_partial = at::empty({c.args.batch, w.count(), c.args.heads, reach[0] * reach[1] * reach[2]}, acc);
+  c.dbias = at::empty({c.args.heads, reach[0], reach[1], reach[2]}, acc);
+  c.args.dbias_partial = c.dbias_partial.data_ptr(), c.args.dbias = c.dbias.data_ptr();
+}
+
+// The 4th output of the local backward: dbias shaped and typed like bias (zero where no pair of
+// the clipped window reaches), or an empty tensor when it was not computed.
+inline at::Tensor bias_grad_output(const AttnCall& c, const std::optional<at::Tensor>& bias) {
+  if (!c.dbias.defined()) return at::empty({0}, c.q.options());
+  at::Tensor dbias = at::zeros(bias->sizes(), c.dbias.options());
+  at::Tensor box = dbias;
+  for (int a = 0; a < 3; ++a) {
+    const int64_t extent = bias->size(a + 1), reach = c.dbias.size(a + 1);
+    box = box.narrow(a + 1, (extent - reach) / 2, reach);
+  }
+  box.copy_(c.dbias.flip({1, 2, 3}));
+  return dbias.to(bias->scalar_type());
 }
 
 }  // namespace logo_attn

@@ -62,16 +62,37 @@ def load_query_grads(q_base, g_base, o_base, l_base, rows, row_mask, stride_qn, 
 
 
 @triton.jit
-def attend_key_tile(q, k_base, v_base, rows, row_mask, stride_kn, stride_vn, cols, col_mask, pair_mask,
-                    m_i, l_i, acc, qk_scale, DOT_PRECISION: tl.constexpr):
+def has_nonfinite(x):
+    """Whether the tile holds a NaN or an infinity (a NaN fails the comparison too)."""
+    return tl.max(tl.where(tl.abs(x) < float("inf"), 0, 1)) == 1
+
+
+@triton.jit
+def bias_scores(bias_base, q_rel, k_rel, pair_mask, bias_centre, HAS_BIAS: tl.constexpr):
+    """The relative-position bias of a tile's pairs, in the log2 units of the scores: the table entry
+    at bias_centre + q_rel - k_rel (rel: a slot's coordinates times the table's strides), 0 off the
+    mask (whose pairs may lie further apart than the table reaches). Nothing without HAS_BIAS."""
+    if HAS_BIAS:
+        offsets = bias_centre + (q_rel[:, None] - k_rel[None, :])
+        return tl.load(bias_base + offsets, mask=pair_mask, other=0.0).to(tl.float32) * LOG2E
+    else:
+        return 0.0
+
+
+@triton.jit
+def attend_key_tile(q, k_base, v_base, rows, row_mask, stride_kn, stride_vn, cols, col_mask, pair_mask, bias,
+                    m_i, l_i, acc, qk_scale, HAS_BIAS: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """Forward: load one key tile and fold it into the running max, sum and output (online softmax).
 
-    `m_i` starts at a large finite negative value rather than -inf, so a padding row whose keys are
-    all masked gives l_i = 0 (handled by `softmax_finish`) instead of NaN from (-inf) - (-inf).
+    `m_i` starts at a large finite negative value rather than -inf, so a row whose keys are all
+    masked keeps l_i = 0 (see `softmax_finish`) instead of NaN from (-inf) - (-inf). `bias`: the
+    tile's `bias_scores` (HAS_BIAS).
     """
     k = load_rows(k_base, rows, row_mask, stride_kn, cols, col_mask)
     v = load_rows(v_base, rows, row_mask, stride_vn, cols, col_mask)
     s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+    if HAS_BIAS:
+        s += bias
     s = tl.where(pair_mask, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     alpha = tl.exp2(m_i - m_new)
@@ -83,42 +104,54 @@ def attend_key_tile(q, k_base, v_base, rows, row_mask, stride_kn, stride_vn, col
 
 @triton.jit
 def softmax_finish(m_i, l_i, acc):
-    """Normalised output and natural-log lse of the rows (rows with no key give 0 and -inf; never stored)."""
-    l_safe = tl.where(l_i > 0, l_i, 1.0)
-    return acc / l_safe[:, None], (m_i + tl.log2(l_safe)) * LN2
+    """Normalised output and natural-log lse of the rows, with softmax's own answers for
+    non-finite scores: a row whose scores are all -inf (l_i = 0; also the padding rows, which are
+    never stored) gives NaN and lse -inf, a row with a +inf score lse +inf, as torch.logsumexp does."""
+    empty = l_i == 0.0
+    l_safe = tl.where(empty, 1.0, l_i)
+    lse = tl.where(m_i == float("inf"), m_i, (m_i + tl.log2(l_safe)) * LN2)
+    out = tl.where(empty[:, None], float("nan"), acc / l_safe[:, None])
+    return out, tl.where(empty, float("-inf"), lse)
 
 
 @triton.jit
-def _tile_grads(q, k, v, dout, lse_log2, delta, pair_mask, qk_scale, DOT_PRECISION: tl.constexpr):
-    """Recomputed probabilities P and score gradients dS (w.r.t. the scaled scores) of one tile."""
+def _tile_grads(q, k, v, dout, lse_log2, delta, pair_mask, bias, qk_scale, HAS_BIAS: tl.constexpr,
+                DOT_PRECISION: tl.constexpr):
+    """Recomputed probabilities P and score gradients dS (w.r.t. the scores) of one tile.
+
+    Both are exactly 0 outside the pair mask, also where dO V^T is not finite (0 x NaN)."""
     s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+    if HAS_BIAS:
+        s += bias
     p = tl.where(pair_mask, tl.exp2(s - lse_log2[:, None]), 0.0)
     dp = tl.dot(dout, tl.trans(v), input_precision=DOT_PRECISION)
-    return p, p * (dp - delta[:, None])
+    return p, tl.where(pair_mask, p * (dp - delta[:, None]), 0.0)
 
 
 @triton.jit
 def dkdv_query_tile(dk, dv, k, v, q_base, g_base, o_base, l_base, rows, row_mask, stride_qn, stride_gn, stride_on,
-                    cols, col_mask, pair_mask, dq_base, stride_dn, scale, qk_scale,
-                    WRITE_DQ: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                    cols, col_mask, pair_mask, bias, dq_base, stride_dn, store_dq, scale, qk_scale,
+                    WRITE_DQ: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """Backward, key-block side: add one query block's dK (unscaled) and dV; with WRITE_DQ this key
-    block holds all the queries' keys, so their dQ is complete here and is written."""
+    block holds all the queries' keys, so their dQ is complete here and is written (if `store_dq`)."""
     q, dout, lse_log2, delta = load_query_grads(q_base, g_base, o_base, l_base, rows, row_mask,
                                                 stride_qn, stride_gn, stride_on, cols, col_mask)
-    p, ds = _tile_grads(q, k, v, dout, lse_log2, delta, pair_mask, qk_scale, DOT_PRECISION)
+    p, ds = _tile_grads(q, k, v, dout, lse_log2, delta, pair_mask, bias, qk_scale, HAS_BIAS, DOT_PRECISION)
     dv += tl.dot(tl.trans(p.to(dout.dtype)), dout, input_precision=DOT_PRECISION)
     dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=DOT_PRECISION)
     if WRITE_DQ:
         dq = tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION) * scale
-        store_rows(dq_base, dq, rows, row_mask, stride_dn, cols, col_mask)
+        # (a select, not `row_mask & store_dq`: Triton 3.9's interpreter mistypes a block & scalar of bools)
+        store_rows(dq_base, dq, rows, tl.where(store_dq, row_mask, False), stride_dn, cols, col_mask)
     return dk, dv
 
 
 @triton.jit
 def dq_key_tile(dq, q, dout, lse_log2, delta, k_base, v_base, rows, row_mask, stride_kn, stride_vn, cols, col_mask,
-                pair_mask, qk_scale, DOT_PRECISION: tl.constexpr):
-    """Backward, query-block side: add one key tile's contribution to dQ (unscaled)."""
+                pair_mask, bias, qk_scale, HAS_BIAS: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Backward, query-block side: add one key tile's contribution to dQ (unscaled). Used for
+    one window or one key set at a time, so the contraction never mixes windows."""
     k = load_rows(k_base, rows, row_mask, stride_kn, cols, col_mask)
     v = load_rows(v_base, rows, row_mask, stride_vn, cols, col_mask)
-    ds = _tile_grads(q, k, v, dout, lse_log2, delta, pair_mask, qk_scale, DOT_PRECISION)[1]
+    ds = _tile_grads(q, k, v, dout, lse_log2, delta, pair_mask, bias, qk_scale, HAS_BIAS, DOT_PRECISION)[1]
     return dq + tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)

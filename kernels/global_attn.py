@@ -59,7 +59,7 @@ def global_attn_fwd_kernel(
         k_tok = k_start + tl.arange(0, BLOCK_K)
         k_valid = k_tok < keys
         m_i, l_i, acc = attend_key_tile(q, k_base, v_base, k_tok, k_valid, stride_kn, stride_vn, cols, col_mask,
-                                        k_valid[None, :], m_i, l_i, acc, qk_scale, DOT_PRECISION)
+                                        k_valid[None, :], 0.0, m_i, l_i, acc, qk_scale, False, DOT_PRECISION)
 
     out, lse = softmax_finish(m_i, l_i, acc)
     store_rows(out_ptr + b * stride_ob + head * stride_oh, out, q_tok, q_valid, stride_on, cols, col_mask)
@@ -103,8 +103,8 @@ def global_attn_bwd_kernel_dkdv(
         q_tok = q_start + tl.arange(0, BLOCK_Q)
         q_valid = q_tok < chunk_end
         dk, dv = dkdv_query_tile(dk, dv, k, v, q_base, g_base, o_base, l_base, q_tok, q_valid,
-                                 stride_qn, stride_gn, stride_on, cols, col_mask, q_valid[:, None] & k_valid[None, :],
-                                 dq_base, stride_dn, scale, qk_scale, SINGLE_KEY_TILE, DOT_PRECISION)
+                                 stride_qn, stride_gn, stride_on, cols, col_mask, q_valid[:, None] & k_valid[None, :], 0.0,
+                                 dq_base, stride_dn, True, scale, qk_scale, SINGLE_KEY_TILE, False, DOT_PRECISION)
     partial = chunk * stride_pc + b * stride_pb + head * stride_ph
     store_rows(dk_ptr + partial, dk * scale, k_tok, k_valid, stride_pn, cols, col_mask)
     store_rows(dv_ptr + partial, dv, k_tok, k_valid, stride_pn, cols, col_mask)
@@ -139,7 +139,7 @@ def global_attn_bwd_kernel_dq(
         k_tok = k_start + tl.arange(0, BLOCK_K)
         k_valid = k_tok < keys
         dq = dq_key_tile(dq, q, dout, lse_log2, delta, k_base, v_base, k_tok, k_valid, stride_kn, stride_vn,
-                         cols, col_mask, q_valid[:, None] & k_valid[None, :], qk_scale, DOT_PRECISION)
+                         cols, col_mask, q_valid[:, None] & k_valid[None, :], 0.0, qk_scale, False, DOT_PRECISION)
     store_rows(dq_ptr + b * stride_db + head * stride_dh, dq * scale, q_tok, q_valid, stride_dn, cols, col_mask)
 
 
@@ -169,6 +169,8 @@ def global_attn_fwd(q, k, v, scale):
     lse = torch.empty((B, heads, queries), dtype=torch.float32, device=q.device)
     if q.numel() == 0:
         return out, lse
+    if k.shape[1] == 0:  # attention over no keys: an empty sum (the kernel would see rows with no score)
+        return out.zero_(), lse.fill_(float("-inf"))
     with device_guard(q):
         global_attn_fwd_kernel[_query_blocks(B, queries, heads)](
             q, k, v, out, lse, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], *lse.stride()[:2],
@@ -191,8 +193,8 @@ def global_attn_bwd(dout, q, k, v, out, lse, scale):
     B, queries, heads, head_dim = q.shape
     keys = k.shape[1]
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    if q.numel() == 0:  # no queries: nothing flows back to the keys and values
-        return dq, q.new_zeros(k.shape), q.new_zeros(v.shape)
+    if q.numel() == 0 or keys == 0:  # no queries or no keys: every gradient is an empty sum
+        return dq.zero_(), q.new_zeros(k.shape), q.new_zeros(v.shape)
     meta = _meta(q, keys)
     key_blocks = triton.cdiv(keys, meta["BLOCK_K"])
     chunk_queries = _chunk_queries(q, key_blocks)

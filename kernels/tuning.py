@@ -77,21 +77,32 @@ def _element_bytes(named_args) -> int:
     return 2
 
 
-def config_pruner(registers, shared, loops_over_keys: bool):
+def config_pruner(registers, shared, loops_over_keys: bool, packed_extra=lambda bq, bk, bd, nb: 0):
     """An autotune `early_config_prune` keeping configs within the register and shared-memory budgets.
 
     registers(BLOCK_Q, BLOCK_K, BLOCK_D, bytes) estimates the fp32-equivalent values a program keeps
     in registers (accumulators and scores in fp32, dot operands at `bytes` per element);
     shared(BLOCK_Q, BLOCK_K, BLOCK_D, bytes, stages) its shared memory. A query tile larger than the
     key tile only pads rows, and pipeline stages only help a loop that walks several key tiles.
+    packed_extra(...) is added for packed windows (WINDOWS_PER_GROUP > 1), whose kernel also holds
+    the per-window pass that a tile with a NaN/Inf takes.
     """
 
     def prune(configs, named_args, **kwargs):
         block_k, block_d, nbytes = kwargs["BLOCK_K"], kwargs["BLOCK_D"], _element_bytes(named_args)
         one_trip = loops_over_keys and kwargs["SINGLE_KEY_TILE"]
+        has_bias = bool(kwargs.get("HAS_BIAS"))
 
         def per_thread(config):
-            return registers(config.kwargs["BLOCK_Q"], block_k, block_d, nbytes) / (32 * config.num_warps)
+            block_q = config.kwargs["BLOCK_Q"]
+            values = registers(block_q, block_k, block_d, nbytes)
+            if kwargs.get("WINDOWS_PER_GROUP", 1) > 1:
+                values += packed_extra(block_q, block_k, block_d, nbytes)
+            if has_bias:
+                # the gathered bias: a 64-bit address tile, int32 table offsets and a score tile per
+                # pipeline stage (fitted to ptxas's counts for sm_90, tests/test_triton_kernels.py)
+                values += (3 + config.num_stages) * block_q * block_k
+            return values / (32 * config.num_warps)
 
         kept = [
             c for c in configs
@@ -118,6 +129,7 @@ prune_attention_fwd = config_pruner(
     registers=lambda bq, bk, bd, nb: bq * bk + bq * bd + bq * bd * nb / 4,
     shared=lambda bq, bk, bd, nb, stages: nb * (bq * bd + stages * 2 * bk * bd),
     loops_over_keys=True,
+    packed_extra=lambda bq, bk, bd, nb: bk * bd,  # fitted to ptxas's counts for sm_90 (bf16, d = 128, bias)
 )
 # dK/dV: two accumulators, the K and V tiles, the q, dO and O tiles, scores and score gradients;
 # shared memory holds K and V, the q, dO, O tiles per stage and the transposed P and dS.
@@ -125,6 +137,7 @@ prune_attention_dkdv = config_pruner(
     registers=lambda bq, bk, bd, nb: 2 * bk * bd + (2 * bk + 3 * bq) * bd * nb / 4 + 2 * bq * bk,
     shared=lambda bq, bk, bd, nb, stages: nb * (2 * bk * bd + stages * 3 * bq * bd + 2 * bq * bk),
     loops_over_keys=False,
+    packed_extra=lambda bq, bk, bd, nb: bk * bd,  # fitted to ptxas's counts for sm_90 (bf16, d = 128)
 )
 # dQ: one accumulator, the q and dO tiles, scores and score gradients; K and V tiles per stage.
 prune_attention_dq = config_pruner(

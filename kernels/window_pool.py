@@ -29,7 +29,7 @@ def _window_program(windows, windows_h, windows_w, F, H, W, f, h, w, BLOCK_C: tl
     window = pid % windows
     b = pid // windows
     channels = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    t0, y0, x0, extent_h, extent_w, count = window_geometry(window, windows_h, windows_w, F, H, W, f, h, w)
+    t0, y0, x0, extent_h, extent_w, count = window_geometry(window, windows_h, windows_w, F, H, W, f, h, w, 0, 0, 0)
     return b, window, channels, t0, y0, x0, extent_h, extent_w, count
 
 

@@ -1,17 +1,21 @@
 """logo_attn: fast local-global (LOGO-Former) attention for spatio-temporal transformers.
 
 The top level is the kernel library: the ops (`local_attention`, `global_attention`,
-`window_pool`), the layers built on them, the baselines they are compared with, and
-`available_backends`. `LOGOFormer`, the paper's model, lives in the application subpackage
-`logo_attn.logoformer`; it is importable from here too, loaded only when asked for, so importing
-the library never imports the application.
+`window_pool`), the layers built on them, the baselines they are compared with, Swin's window
+attention (`WindowAttention3D`, `swap_monai_attention`), and `available_backends`. `LOGOFormer`,
+the paper's model, lives in the application subpackage `logo_attn.logoformer`; it is importable
+from here too, loaded only when asked for, so importing the library never imports the application.
 """
 
+from . import _extension
 from ._version import __version__
 from .backends import available_backends
 from .baselines import DividedAttention, FullAttention, SpatialAttention
 from .layers import Block, LocalGlobalAttention, LOGOBlock
 from .ops import global_attention, local_attention, window_pool
+from .swin import WindowAttention3D, swap_monai_attention
+
+_extension.warn_once_if_unusable()  # says once why the C++ kernels are missing, and the fix
 
 __all__ = [
     "__version__",
@@ -25,6 +29,8 @@ __all__ = [
     "FullAttention",
     "SpatialAttention",
     "DividedAttention",
+    "WindowAttention3D",
+    "swap_monai_attention",
     "LOGOFormer",
 ]
 

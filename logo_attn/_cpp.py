@@ -8,7 +8,7 @@ ImportError when the extension was not built.
 
 import torch  # must precede loading _C: the extension links against libtorch
 
-from . import _C  # noqa: F401  (registers torch.ops.logo_attn_C.*)
+from . import _C  # registers torch.ops.logo_attn_C.*
 
 _ops = torch.ops.logo_attn_C
 
@@ -18,21 +18,31 @@ def has_cuda_kernels() -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key("logo_attn_C::local_attn_fwd", "CUDA")
 
 
-# What the kernels compute, per device (read by logo_attn.backends); "cuda" only with the CUDA kernels.
-CAPABILITIES = {
-    "cpu": {"device": "cpu", "dtypes": ("bfloat16", "float32", "float64"), "max_head_dim": None, "shift_bias": False},
-}
-if has_cuda_kernels():
-    CAPABILITIES["cuda"] = {"device": "cuda", "dtypes": ("float16", "bfloat16", "float32"), "max_head_dim": 256,
-                            "shift_bias": False}
+def _capabilities() -> dict:
+    """The extension's own declaration (the constants its argument checks use), per device type."""
+    declared = {}
+    for device, cap in _C.capabilities().items():
+        declared[device] = {
+            "device": device,
+            "dtypes": tuple(cap["dtypes"]),
+            "max_head_dim": cap["max_head_dim"] or None,  # 0: no limit
+        }
+    return declared
+
+
+# What the kernels compute, per device type: {"device", "dtypes" (torch dtype names), "max_head_dim"
+# (None: no limit)}; "cuda" only when the CUDA kernels were built.
+CAPABILITIES = _capabilities()
 
 
 def local_attn_fwd(q, k, v, grid, window, shift, bias, scale):
-    return tuple(_ops.local_attn_fwd(q, k, v, grid, window, scale))
+    return tuple(_ops.local_attn_fwd(q, k, v, grid, window, shift, bias, scale))
 
 
 def local_attn_bwd(dout, q, k, v, out, lse, grid, window, shift, bias, scale, bias_grad):
-    return (*_ops.local_attn_bwd(dout, q, k, v, out, lse, grid, window, scale), None)
+    """(dq, dk, dv, dbias); dbias is None unless bias is given and bias_grad is set."""
+    dq, dk, dv, dbias = _ops.local_attn_bwd(dout, q, k, v, out, lse, grid, window, shift, bias, scale, bias_grad)
+    return dq, dk, dv, dbias if bias is not None and bias_grad else None
 
 
 def global_attn_fwd(q, k, v, scale):

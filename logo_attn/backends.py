@@ -13,8 +13,8 @@ real tensors, all returning freshly allocated contiguous tensors:
 q/k/v are (B, N, heads, d) with any strides, lse is (B, heads, N) in fp32 (fp64 for fp64 inputs);
 window is clipped to the grid and shift zeroed on clipped axes; dbias is None unless a bias is
 given and bias_grad is set. Each module declares what it computes beside its code, as a plain dict
-``CAPABILITY = {"device": "cuda" | "cpu" | None, "dtypes": (names...), "max_head_dim": int | None,
-"shift_bias": bool}`` (the C++ adapter one per device, read from the extension itself); this module
+``CAPABILITY = {"device": "cuda" | "cpu" | None, "dtypes": (names...), "max_head_dim": int | None}`` (the
+C++ adapter one per device, read from the extension itself); this module
 only reads them. Like xformers' ``not_supported_reasons``, every refusal comes with a sentence
 saying why.
 """
@@ -44,18 +44,17 @@ AUTO_ORDER = {"cuda": ("triton", "cuda", "torch"), "cpu": ("cpu", "torch")}
 
 @dataclass(frozen=True)
 class Capability:
-    """What a backend computes: device type (None: any), dtypes, the largest head dim its kernels
-    hold (None: any), and whether its local attention takes shifted windows and a bias table."""
+    """What a backend computes: device type (None: any), dtypes and the largest head dim its kernels
+    hold (None: any)."""
 
     device: str | None
     dtypes: tuple[torch.dtype, ...]
     max_head_dim: int | None
-    shift_bias: bool
 
     @classmethod
     def from_declaration(cls, declared: dict) -> Capability:
         dtypes = tuple(getattr(torch, name) for name in declared["dtypes"])
-        return cls(declared["device"], dtypes, declared["max_head_dim"], declared["shift_bias"])
+        return cls(declared["device"], dtypes, declared["max_head_dim"])
 
 
 @dataclass(frozen=True)
@@ -78,7 +77,7 @@ def _module(backend: str):
         module = importlib.import_module(MODULES[backend])
     except ImportError as error:
         if backend in ("cpu", "cuda"):
-            return f"the C++ extension logo_attn._C is not available ({error}); reinstall with `pip install .`"
+            return importlib.import_module("logo_attn._extension").status().problem or f"logo_attn._C failed to import: {error}"
         return f"{MODULES[backend]} failed to import: {error}"
     missing = [name for name in PROTOCOL if not hasattr(module, name)]
     if missing:
@@ -106,8 +105,7 @@ def _install_problem(backend: str) -> str | None:
         if torch.version.cuda is None:
             return "the CUDA extension needs a PyTorch with CUDA, and this one is CPU-only (torch.version.cuda is None)"
         if capability("cuda") is None:
-            return ("logo_attn._C was built without its CUDA kernels (nvcc was not found at build time, or "
-                    "LOGO_ATTN_SKIP_CUDA=1); reinstall with LOGO_ATTN_FORCE_CUDA=1 to build them or see why they fail")
+            return importlib.import_module("logo_attn._extension").cuda_kernels_problem()
     return None
 
 
@@ -126,7 +124,8 @@ def _device_problem(backend: str, device_type: str) -> str | None:
 @functools.cache
 def _interpreter_problem() -> str | None:
     """Triton <= 3.6's interpreter cannot run a loop with a runtime bound under NumPy >= 2.4
-    (triton-lang/triton#9171, fixed after 3.6); refuse rather than patch Triton."""
+    (triton-lang/triton#9171); refuse rather than patch Triton. Measured: 3.6.0 fails with NumPy
+    2.4.6 and 2.5.5, while 3.7.1, 3.8.0 and 3.9.0 run the interpreter suites with both."""
     import numpy
     import triton
 
@@ -141,8 +140,8 @@ def _interpreter_problem() -> str | None:
     return None
 
 
-def _input_problem(backend: str, device_type: str, dtype: torch.dtype, head_dim: int, shift_bias: bool) -> str | None:
-    """Why the backend cannot compute this dtype, head dim or local-attention variant, or None."""
+def _input_problem(backend: str, device_type: str, dtype: torch.dtype, head_dim: int) -> str | None:
+    """Why the backend cannot compute this dtype or head dim, or None."""
     cap = capability(backend)
     if dtype not in cap.dtypes:
         names = ", ".join(str(d).removeprefix("torch.") for d in cap.dtypes)
@@ -151,17 +150,15 @@ def _input_problem(backend: str, device_type: str, dtype: torch.dtype, head_dim:
         return "Triton's interpreter computes bfloat16 tl.dot wrongly; use float16/float32 on CPU or a GPU"
     if cap.max_head_dim is not None and head_dim > cap.max_head_dim:
         return f"backend {backend!r} supports head_dim up to {cap.max_head_dim}, got {head_dim}"
-    if shift_bias and not cap.shift_bias:
-        return f"backend {backend!r} has no shifted windows or relative-position bias"
     return None
 
 
-def why_not(backend: str, device_type: str, dtype: torch.dtype, head_dim: int, shift_bias: bool = False) -> str | None:
+def why_not(backend: str, device_type: str, dtype: torch.dtype, head_dim: int) -> str | None:
     """The first reason `backend` cannot run on these inputs, or None when it can."""
     return (
         _install_problem(backend)
         or _device_problem(backend, device_type)
-        or _input_problem(backend, device_type, dtype, head_dim, shift_bias)
+        or _input_problem(backend, device_type, dtype, head_dim)
     )
 
 
@@ -171,8 +168,7 @@ def check_name(backend: object) -> None:
 
 
 @functools.lru_cache(maxsize=None)
-def choose(backend: str, device_type: str, dtype: torch.dtype, head_dim: int, interpreted: bool,
-           shift_bias: bool = False) -> str:
+def choose(backend: str, device_type: str, dtype: torch.dtype, head_dim: int, interpreted: bool) -> str:
     """Resolve `backend` for inputs of this device type, dtype and head dim to a concrete backend name.
 
     "auto" takes the first backend of `AUTO_ORDER` that can run; an explicit backend that cannot
@@ -181,19 +177,19 @@ def choose(backend: str, device_type: str, dtype: torch.dtype, head_dim: int, in
     check_name(backend)
     if backend == "auto":
         for candidate in AUTO_ORDER.get(device_type, ("torch",)):
-            if why_not(candidate, device_type, dtype, head_dim, shift_bias) is None:
+            if why_not(candidate, device_type, dtype, head_dim) is None:
                 return candidate
         return "torch"
-    problem = why_not(backend, device_type, dtype, head_dim, shift_bias)
+    problem = why_not(backend, device_type, dtype, head_dim)
     if problem:
         raise ValueError(f"backend {backend!r} cannot run here: {problem}")
     return backend
 
 
-def module_for(backend: str, tensor: torch.Tensor, head_dim: int | None = None, shift_bias: bool = False):
+def module_for(backend: str, tensor: torch.Tensor, head_dim: int | None = None):
     """The protocol module that computes `backend` for inputs like `tensor` (resolving "auto")."""
     head_dim = tensor.shape[-1] if head_dim is None else head_dim
-    name = choose(backend, tensor.device.type, tensor.dtype, int(head_dim), triton_interpreted(), shift_bias)
+    name = choose(backend, tensor.device.type, tensor.dtype, int(head_dim), triton_interpreted())
     return _module(name)
 
 

@@ -38,5 +38,9 @@ def report() -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
+def main() -> None:
     print(report())
+
+
+if __name__ == "__main__":
+    main()

@@ -30,8 +30,7 @@ from .geometry import NO_SHIFT, axis_offset, num_windows
 Grid = Sequence[int]
 
 # What this backend computes (read by logo_attn.backends): any device, every floating dtype, any head dim.
-CAPABILITY = {"device": None, "dtypes": ("float16", "bfloat16", "float32", "float64"), "max_head_dim": None,
-              "shift_bias": True}
+CAPABILITY = {"device": None, "dtypes": ("float16", "bfloat16", "float32", "float64"), "max_head_dim": None}
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -9,5 +9,7 @@ fi
 source .venv/bin/activate
 python -m pip install --quiet --upgrade pip
 python -m pip install --quiet -r requirements-dev.txt
-# --no-build-isolation: compile the extension against the torch installed above (DESIGN §5)
+# Editable, so the tests run the working tree. A plain `pip install -e .` would also compile against
+# the torch above (build_backend/backend.py finds it); --no-build-isolation skips creating a build
+# environment (setuptools, ninja: here already) on every run, and lets ninja rebuild only what changed.
 python -m pip install --quiet --no-build-isolation -e .

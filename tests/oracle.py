@@ -59,14 +59,13 @@ def backend_params():
     return [pytest.param(b, d, id=f"{b}-{d}") for b, d in BACKEND_DEVICES]
 
 
-def require(backend: str, device: str, dtype: torch.dtype = torch.float32, head_dim: int = 16,
-            shift_bias: bool = False) -> None:
+def require(backend: str, device: str, dtype: torch.dtype = torch.float32, head_dim: int = 16) -> None:
     """Skip for what the machine lacks (a GPU); fail when the install lacks a backend it should have."""
     if device == "cuda" and not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU; this machine has none")
     if backend == "triton" and device == "cpu" and not backends.triton_interpreted():
         pytest.skip("TRITON_INTERPRET is unset because a GPU is present: Triton is tested on CUDA here")
-    problem = backends.why_not(backend, device, dtype, head_dim, shift_bias)
+    problem = backends.why_not(backend, device, dtype, head_dim)
     if problem:
         pytest.fail(f"backend {backend!r} should run on {device} {dtype} here but cannot: {problem}")
 

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS = {
     "logo_attn.logoformer": 6,
     "logo_attn.train": 7, "logo_attn.evaluate": 7,  # the command-line entry points, above the application
-    "logo_attn.layers": 5, "logo_attn.baselines": 5,
+    "logo_attn.layers": 5, "logo_attn.baselines": 5, "logo_attn.swin": 5,
     "logo_attn.ops": 4,
     "logo_attn.info": 3.5, "logo_attn.backends": 3,
     "logo_attn.reference": 2, "logo_attn._cpp": 2, "logo_attn.kernels": 2,

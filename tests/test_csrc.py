@@ -7,8 +7,8 @@ other; these tests reach the C++ kernels' own machinery and the build.
 - every instruction-set path of this CPU (AVX-512, AVX2, baseline SSE/NEON), each in a subprocess
   because the choice is made once per process;
 - bitwise determinism across runs and across thread counts; that the OpenMP threads really work;
-- the raw ops' own argument checks; the setup.py build flags; and `nvcc -c` of every csrc/cuda/*.cu
-  (CUDA code cannot run here, but it must compile).
+- the raw ops' own argument checks; the setup.py build flags; `nvcc -c` of every csrc/cuda/*.cu
+  and a syntax check of the CUDA glue (CUDA code cannot run here, but it must compile).
 """
 
 from __future__ import annotations
@@ -81,8 +81,10 @@ def test_local_attn_matches_reference(cpp, dtype, B, grid, window, heads, head_d
     # A gradient broadcast over the tokens: token stride 0, read in place by the kernels.
     dout = torch.randn(B, 1, heads, head_dim, dtype=dtype).expand(B, N, heads, head_dim)
     scale = 0.7
-    out, lse = cpp.local_attn_fwd(q.detach(), k.detach(), v.detach(), list(grid), list(window), scale)
-    grads = cpp.local_attn_bwd(dout, q.detach(), k.detach(), v.detach(), out, lse, list(grid), list(window), scale)
+    out, lse = cpp.local_attn_fwd(q.detach(), k.detach(), v.detach(), list(grid), list(window), [0, 0, 0], None, scale)
+    grads = cpp.local_attn_bwd(dout, q.detach(), k.detach(), v.detach(), out, lse, list(grid), list(window), [0, 0, 0],
+                               None, scale, False)
+    assert grads[3] is None
     compare(
         dict(out=out, lse=lse, dq=grads[0], dk=grads[1], dv=grads[2]),
         lambda q, k, v, **kw: reference.local_attention_with_lse(q, k, v, grid, window, scale, **kw),
@@ -133,7 +135,8 @@ def test_window_pool_matches_reference(cpp, dtype, B, grid, window, C, strided):
 
 
 def test_every_isa_of_this_cpu_matches_reference(cpp):
-    """The AVX2 and baseline (SSE2/NEON) code paths, forced with LOGO_ATTN_CPU_ISA in a fresh process."""
+    """The AVX2 and baseline (SSE2/NEON) code paths, forced with LOGO_ATTN_CPU_ISA in a fresh process
+    (the comparisons of this file and of test_csrc_shift_bias.py)."""
     from logo_attn import _C
 
     best = _C.cpu_isa()
@@ -146,7 +149,8 @@ def test_every_isa_of_this_cpu_matches_reference(cpp):
                                env=env, capture_output=True, text=True, cwd=ROOT)
         assert probe.stdout.strip() == isa, probe.stderr
         run = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__)), "-k",
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__)),
+             str(Path(__file__).with_name("test_csrc_shift_bias.py")), "-k",
              "matches_reference and (float32 or bfloat16 or float64)"],
             env=env, capture_output=True, text=True, cwd=ROOT,
         )
@@ -209,7 +213,7 @@ def test_parallel_for_runs_on_every_thread(cpp):
         main = str(os.getpid())
         before = thread_cpu_ticks()
         for _ in range(100):  # a few seconds; stops early once both threads have a clear share
-            cpp.local_attn_fwd(q, k, v, [16, 7, 7], [2, 7, 7], 0.125)
+            cpp.local_attn_fwd(q, k, v, [16, 7, 7], [2, 7, 7], [0, 0, 0], None, 0.125)
             used = {t: n - before.get(t, 0) for t, n in thread_cpu_ticks().items()}
             if used.get(main, 0) >= 50:
                 break
@@ -228,9 +232,9 @@ def test_raw_ops_reject_bad_arguments(cpp):
     ops = torch.ops.logo_attn_C
     q = torch.randn(1, 12, 2, 8)
     with pytest.raises(RuntimeError, match="grid must hold 3 ints"):
-        ops.local_attn_fwd(q, q, q, [3, 4], [1, 1, 1], 1.0)
+        ops.local_attn_fwd(q, q, q, [3, 4], [1, 1, 1], [0, 0, 0], None, 1.0)
     with pytest.raises(RuntimeError, match="has F\\*H\\*W = 24 tokens but q has 12"):
-        ops.local_attn_fwd(q, q, q, [2, 3, 4], [1, 1, 1], 1.0)
+        ops.local_attn_fwd(q, q, q, [2, 3, 4], [1, 1, 1], [0, 0, 0], None, 1.0)
     with pytest.raises(RuntimeError, match="the CPU kernels do not compute Half"):
         ops.global_attn_fwd(q.half(), q.half(), q.half(), 1.0)
     with pytest.raises(RuntimeError, match="k has dtype"):
@@ -240,6 +244,24 @@ def test_raw_ops_reject_bad_arguments(cpp):
         ops.global_attn_bwd(q, q, q, q, out, lse[:, :1], 1.0)
     with pytest.raises(RuntimeError, match="dout must have one row per window"):
         ops.window_pool_bwd(torch.randn(1, 5, 3), [2, 2, 2], [1, 2, 2])
+
+
+def test_declared_capabilities_are_what_the_kernels_check(cpp):
+    """_C.capabilities() comes from the constants of the argument checks: every dtype the CPU entry
+    lists runs, every other floating dtype is refused; "cuda" is listed iff the CUDA kernels exist."""
+    assert set(cpp.CAPABILITIES) == ({"cpu", "cuda"} if cpp.has_cuda_kernels() else {"cpu"})
+    cpu = cpp.CAPABILITIES["cpu"]
+    assert cpu["device"] == "cpu" and cpu["max_head_dim"] is None
+    for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        q = torch.randn(1, 4, 1, 300, dtype=dtype)
+        name = str(dtype).removeprefix("torch.")
+        if name in cpu["dtypes"]:
+            cpp.global_attn_fwd(q, q, q, 1.0)
+        else:
+            with pytest.raises(RuntimeError, match="the CPU kernels do not compute"):
+                cpp.global_attn_fwd(q, q, q, 1.0)
+    if cpp.has_cuda_kernels():
+        assert cpp.CAPABILITIES["cuda"]["max_head_dim"] == 256
 
 
 # --------------------------------------------------------------------------------------------------
@@ -270,7 +292,7 @@ CUDA_SOURCES = sorted((ROOT / "csrc" / "cuda").glob("*.cu"))
 
 @pytest.mark.parametrize("source", [pytest.param(s, id=s.name) for s in CUDA_SOURCES])
 def test_cuda_source_compiles_with_nvcc(source, tmp_path):
-    """The .cu files include CUDA headers only (DESIGN §5), so plain nvcc compiles them anywhere."""
+    """The .cu files include CUDA headers only (no torch header), so plain nvcc compiles them anywhere."""
     nvcc = shutil.which("nvcc") or (Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "bin" / "nvcc")
     if not Path(nvcc).exists():
         pytest.skip("nvcc is not installed on this machine")
@@ -281,6 +303,35 @@ def test_cuda_source_compiles_with_nvcc(source, tmp_path):
            "-arch=sm_90", "-Werror", "all-warnings"]
     run = subprocess.run(cmd, capture_output=True, text=True)
     assert run.returncode == 0, f"{' '.join(cmd)}\n{run.stdout}\n{run.stderr}"
+
+
+def test_cuda_glue_compiles_against_torch_headers(tmp_path):
+    """csrc/cuda/ops.cpp (argument checks, scratch tensors, registration) is built only where torch
+    has CUDA; here the host compiler checks its syntax and types against this torch's c10/cuda
+    headers and the CUDA toolkit's, with a stand-in for the one header a CUDA build of torch
+    generates (cuda_cmake_macros.h, build options only)."""
+    import sysconfig
+
+    from torch.utils.cpp_extension import include_paths
+
+    nvcc = shutil.which("nvcc")
+    homes = [os.environ.get("CUDA_HOME"), "/usr/local/cuda", nvcc and Path(nvcc).resolve().parents[1]]
+    found = [Path(h) / "include" for h in homes if h and (Path(h) / "include" / "cuda_runtime.h").exists()]
+    if not found:
+        pytest.skip("the CUDA toolkit is not installed on this machine")
+    cuda_include = found[0]
+    torch_includes = [Path(p) for p in include_paths()]
+    if not any((p / "c10" / "cuda" / "CUDAGuard.h").exists() for p in torch_includes):
+        pytest.skip("this torch ships no c10/cuda headers")
+    stub = tmp_path / "c10" / "cuda" / "impl" / "cuda_cmake_macros.h"
+    stub.parent.mkdir(parents=True)
+    stub.write_text("#pragma once\n")
+    cxx = os.environ.get("CXX", "c++")
+    cmd = [cxx, "-std=c++20", "-fsyntax-only", "-Wall", "-Werror", f"-I{tmp_path}",
+           *(f"-I{p}" for p in torch_includes), f"-I{cuda_include}", f"-I{sysconfig.get_paths()['include']}",
+           str(ROOT / "csrc" / "cuda" / "ops.cpp")]
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    assert run.returncode == 0, f"{' '.join(cmd)}\n{run.stderr[-4000:]}"
 
 
 def test_there_are_cuda_sources():

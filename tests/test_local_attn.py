@@ -212,7 +212,7 @@ def test_matches_reference(backend, device, dtype, B, grid, window, heads, head_
 @pytest.mark.parametrize("grid,window,shift", SHIFT_CASES)
 @pytest.mark.parametrize("backend,device,dtype", backend_dtype_params())
 def test_shift_and_bias_match_reference(backend, device, dtype, grid, window, shift, poison_empty):
-    require(backend, device, dtype, 16, shift_bias=True)
+    require(backend, device, dtype, 16)
     N, heads = math.prod(grid), 2
     q, k, v = attention_inputs(2, N, N, heads, 16, dtype, device, "packed")
     bias = bias_table(heads, window, dtype, device)
@@ -232,7 +232,7 @@ def test_shift_and_bias_match_reference(backend, device, dtype, grid, window, sh
 def test_float32_bias_with_half_inputs(backend, device):
     """Mixed precision: a float32 table (a Swin parameter) with fp16/bf16 activations; dbias float32."""
     dtype = torch.bfloat16 if backend == "cpu" else torch.float16
-    require(backend, device, dtype, 16, shift_bias=True)
+    require(backend, device, dtype, 16)
     grid, window = (2, 6, 6), (2, 3, 3)
     q, k, v = attention_inputs(1, 72, 72, 2, 16, dtype, device, "contiguous")
     bias = bias_table(2, window, torch.float32, device)
@@ -319,38 +319,80 @@ def test_empty_batch_and_zero_heads(backend, device, shape):
     assert all(g.shape == q.shape for g in grads)
 
 
-WINDOW_POISON_CASES = [  # grid, window, poisoned token: windows packed several to a tile, and one per tile
-    pytest.param((4, 5, 6), (2, 3, 4), 37, id="24-token-windows"),
-    pytest.param((4, 4, 4), (2, 2, 2), 21, id="8-token-windows"),
-    pytest.param((2, 7, 7), (2, 7, 7), 50, id="one-98-token-window"),
+# grid, window, shift, poisoned token: windows packed several to a Triton key tile (24 and 8 tokens),
+# one window per tile, a window over three key tiles, and shifted windows with a bias table
+POISON_CASES = [
+    pytest.param((4, 5, 6), (2, 3, 4), (0, 0, 0), 37, id="24-token-windows"),
+    pytest.param((4, 4, 4), (2, 2, 2), (0, 0, 0), 37, id="8-token-windows"),
+    pytest.param((2, 7, 7), (2, 7, 7), (0, 0, 0), 40, id="98-token-window"),
+    pytest.param((2, 12, 12), (2, 12, 12), (0, 0, 0), 150, id="288-token-window"),
+    pytest.param((3, 5, 6), (2, 3, 4), (1, 2, 1), 47, id="shifted-with-bias"),
 ]
 
 
+def nonfinite_rows(t):
+    """(B, N, heads) bool: rows holding a NaN or an infinity."""
+    return ~torch.isfinite(t).all(-1)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
 @pytest.mark.parametrize("where", ["q", "k", "v", "dout"])
-@pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
-@pytest.mark.parametrize("grid,window,token", WINDOW_POISON_CASES)
+@pytest.mark.parametrize("grid,window,shift,token", POISON_CASES)
 @pytest.mark.parametrize("backend,device", backend_params())
-def test_non_finite_value_stays_in_its_window(backend, device, grid, window, token, value, where):
-    """A NaN or Inf in one token's q, k, v or upstream gradient reaches only its window's rows, in the
-    output and in every gradient, as in the reference (each token attends only its own window)."""
+def test_non_finite_value_stays_in_its_window(backend, device, grid, window, shift, token, where, value):
+    """A NaN or Inf in one element of q, k, v or the upstream gradient (batch 1, head 1) reaches only
+    the rows of its own window and head, in the output and every gradient: each token attends only its
+    own window, non-finite values included (a kernel packing windows into one tile must not spread
+    0 x NaN). A NaN gives exactly the reference's non-finite rows (the "torch" backend in float64,
+    which partitions the windows); an Inf at least those (an infinite score may also make the
+    log-sum-exp NaN), and never a row outside the window. Finite rows keep their values."""
     require(backend, device)
-    N = math.prod(grid)
-    tensors = {name: torch.randn(1, N, 2, 16, device=device) for name in ("q", "k", "v", "dout")}
-    tensors[where][0, token, 1] = value
+    N, heads = math.prod(grid), 2
+    bias = torch.randn(heads, *(2 * w - 1 for w in window)) if any(shift) else None
+    tensors = {name: torch.randn(2, N, heads, 16) for name in ("q", "k", "v", "dout")}
+    tensors[where][1, token, 1, 3] = value
 
-    def run(backend):
-        q, k, v = (tensors[n].clone().requires_grad_() for n in ("q", "k", "v"))
-        out = local_attention(q, k, v, grid, window, backend=backend)
-        return (out, *torch.autograd.grad(out, (q, k, v), tensors["dout"]))
+    def run(backend, device, dtype):
+        q, k, v = (tensors[n].to(device, dtype).requires_grad_() for n in ("q", "k", "v"))
+        b = None if bias is None else bias.to(device, dtype)
+        out = local_attention(q, k, v, grid, window, shift=shift, bias=b, backend=backend)
+        return [t.cpu() for t in (out, *torch.autograd.grad(out, (q, k, v), tensors["dout"].to(device, dtype)))]
 
-    got, want = run(backend), run("torch")
+    got, want = run(backend, device, torch.float32), run("torch", "cpu", torch.float64)
+    used_shift = clip_shift(grid, window, shift)
+    inside = torch.zeros(2, N, heads, dtype=torch.bool)
+    inside[1, :, 1] = same_window_mask(grid, clip_window(grid, window), used_shift)[token]
     for name, g, w in zip(("out", "dq", "dk", "dv"), got, want):
-        bad_rows = ~torch.isfinite(g).all(-1).all(-1)
-        assert torch.equal(bad_rows, ~torch.isfinite(w).all(-1).all(-1)), f"{name}: non-finite rows differ"
-        fine = ~bad_rows
-        torch.testing.assert_close(g[fine], w[fine], atol=1e-4, rtol=1e-4)
-    window_rows = same_window_mask(grid, clip_window(grid, window))[token]
-    assert not (~torch.isfinite(got[0]).all(-1).all(-1))[0, ~window_rows].any(), "outside its window"
+        bad, bad_ref = nonfinite_rows(g), nonfinite_rows(w)
+        assert not (bad & ~inside).any(), f"{name}: a non-finite value left its window: {(bad & ~inside).nonzero()[:4].tolist()}"
+        if value != value:
+            assert torch.equal(bad, bad_ref), f"{name}: non-finite rows differ from the reference's"
+        else:
+            assert not (bad_ref & ~bad).any(), f"{name}: rows the reference makes non-finite are finite here"
+        fine = ~bad & ~bad_ref
+        torch.testing.assert_close(g[fine].double(), w[fine], atol=1e-4, rtol=1e-4)
+    assert any(nonfinite_rows(t).any() for t in got), "the poisoned value reached no output: the case tests nothing"
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_row_whose_scores_are_all_minus_inf_is_nan_like_softmax(backend, device):
+    """q = +inf against keys whose matching component is negative: the row's scores are all -inf.
+    softmax, and so the reference, gives NaN there, not 0; the other windows stay exact."""
+    require(backend, device)
+    grid, window = (1, 2, 8), (1, 1, 2)
+    q, k, v, dout = (torch.randn(1, 16, 1, 16) for _ in range(4))
+    k[0, 4:6, 0, 0] = -k[0, 4:6, 0, 0].abs() - 0.1
+    q[0, 4, 0, 0] = float("inf")
+
+    def run(backend, device, dtype):
+        leaves = [t.to(device, dtype).requires_grad_() for t in (q, k, v)]
+        out = local_attention(*leaves, grid, window, backend=backend)
+        return [t.cpu() for t in (out, *torch.autograd.grad(out, leaves, dout.to(device, dtype)))]
+
+    got, want = run(backend, device, torch.float32), run("torch", "cpu", torch.float64)
+    assert torch.isnan(got[0][0, 4, 0]).all()
+    for name, g, w in zip(("out", "dq", "dk", "dv"), got, want):
+        assert torch.equal(nonfinite_rows(g), nonfinite_rows(w)), name
 
 
 # --------------------------------------------------------------------------------------------------
@@ -372,7 +414,7 @@ def test_opcheck(backend, device, layout):
 
 @pytest.mark.parametrize("backend,device", backend_params())
 def test_opcheck_with_shift_and_bias(backend, device):
-    require(backend, device, shift_bias=True)
+    require(backend, device)
     grid, window, shift, scale = [3, 4, 5], [2, 3, 2], [1, 2, 1], 0.25
     q, k, v = (t.detach() for t in attention_inputs(2, 60, 60, 2, 16, torch.float32, device, "contiguous"))
     bias = torch.randn(2, 3, 5, 3, device=device)
@@ -431,7 +473,7 @@ def test_gradcheck_float64(backend, device, dtype):
 
 @pytest.mark.parametrize("backend,device,dtype", backend_dtype_params(dtypes=(torch.float64,)))
 def test_gradcheck_float64_with_shift_and_bias(backend, device, dtype):
-    require(backend, device, dtype, shift_bias=True)
+    require(backend, device, dtype)
     q, k, v = (t.detach().requires_grad_(True) for t in attention_inputs(1, 45, 45, 2, 4, dtype, device, "contiguous"))
     bias = torch.randn(2, 3, 3, 5, dtype=dtype, device=device, requires_grad=True)
     grid, window, shift = (3, 3, 5), (2, 2, 3), (1, 1, 2)
@@ -461,7 +503,7 @@ def test_second_derivatives_through_the_reference(backend, device):
 
 @pytest.mark.parametrize("backend,device", backend_params())
 def test_second_derivatives_with_shift_and_bias(backend, device):
-    require(backend, device, shift_bias=True)
+    require(backend, device)
     grid, window, shift = (2, 3, 4), (2, 2, 3), (0, 1, 2)
     q, k, v = (t.detach().requires_grad_(True) for t in attention_inputs(1, 24, 24, 2, 4, torch.float32, device, "contiguous"))
     inputs = (q, k, v, torch.randn(2, 3, 3, 5, device=device, requires_grad=True))

@@ -45,7 +45,7 @@ def test_flag_spellings_and_types():
     ({"dataset": "kinetics"}, "dataset must be one of"),
     ({"learning_rate": 1.0}, "unknown setting"),
     ({"window": [2, 7]}, "window must be a list of 3 values"),
-    ({"rho": -0.1}, "rho, reg_weight and backbone_lr_scale"),
+    ({"rho": -0.1}, "rho, reg_weight, backbone_lr_scale, lr, warmup_epochs and workers must be >= 0"),
 ])
 def test_bad_settings(values, message):
     with pytest.raises(ValueError, match=message):

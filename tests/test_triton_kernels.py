@@ -1,9 +1,9 @@
 """The Triton kernels' own code paths, beyond the shared per-backend suites.
 
 Each case names the path it is there for (packed small windows, one key tile, several key tiles, a
-window of >= 1024 tokens, padded head dims, fewer than 16 keys, several backward query chunks) and
-asserts that the launch plan really takes it, then compares output, log-sum-exp and every gradient
-with the float64 reference. Runs on CUDA tensors when a GPU is present, else on CPU tensors under
+window of >= 1024 tokens, padded head dims, fewer than 16 keys, several backward query chunks,
+shifted windows with a bias table, the bias gradient's chunks) and asserts that the launch plan
+really takes it, then compares output, log-sum-exp and every gradient with a float64 reference. Runs on CUDA tensors when a GPU is present, else on CPU tensors under
 Triton's interpreter (conftest sets TRITON_INTERPRET=1). A last test compiles every kernel for an
 H100 (sm_90) with Triton's own compiler and ptxas, so GPU-only compile errors surface on CPU CI.
 """
@@ -19,17 +19,20 @@ import sys
 import pytest
 import torch
 
+from dense_reference import dense_local_attention
 from logo_attn import backends, global_attention, local_attention, reference, window_pool
-from oracle import assert_matches, attention_inputs, check_op
+from logo_attn.geometry import clip_shift, clip_window
+from oracle import as_double_leaves, as_leaves, assert_matches, attention_inputs, check_op
 
 triton = pytest.importorskip("triton")
 if not torch.cuda.is_available() and not backends.triton_interpreted():
     pytest.skip("no GPU and TRITON_INTERPRET is unset: Triton kernels cannot run", allow_module_level=True)
 
-from logo_attn.kernels import global_attn, local_attn, tuning, utils, window_pool as pool_kernels  # noqa: E402
+from logo_attn.kernels import global_attn, local_attn, relative_bias, tuning, utils  # noqa: E402
+from logo_attn.kernels import window_pool as pool_kernels  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-# bf16 only on GPU: the interpreter computes bf16 tl.dot wrongly (DESIGN §5).
+# bf16 only on GPU: the interpreter computes bf16 tl.dot wrongly.
 DTYPES = (torch.float32, torch.float16) + ((torch.bfloat16,) if DEVICE == "cuda" else ())
 AUTOTUNED = (
     local_attn.local_attn_fwd_kernel, local_attn.local_attn_bwd_kernel_dkdv, local_attn.local_attn_bwd_kernel_dq,
@@ -98,7 +101,7 @@ def test_local_lse_and_protocol_outputs(grid, window, poison_empty):
     """The protocol functions directly: fresh contiguous outputs, fp32 lse equal to the reference's."""
     N = math.prod(grid)
     q, k, v = (t.detach() for t in attention_inputs(2, N, N, 2, 32, torch.float32, DEVICE, "packed"))
-    out, lse = local_attn.local_attn_fwd(q, k, v, grid, window, 0.3)
+    out, lse = local_attn.local_attn_fwd(q, k, v, grid, window, (0, 0, 0), None, 0.3)
     want_out, want_lse = reference.local_attention_with_lse(*(t.double() for t in (q, k, v)), grid, window, 0.3)
     assert out.is_contiguous() and lse.dtype == torch.float32 and lse.shape == (2, 2, N)
     assert_matches("out", out, want_out, torch.float32)
@@ -119,13 +122,152 @@ def test_local_backward_reads_stride0_gradients_in_place(poison_empty):
     grid, window = (3, 5, 6), (2, 3, 4)
     N = math.prod(grid)
     q, k, v = (t.detach() for t in attention_inputs(2, N, N, 2, 16, torch.float32, DEVICE, "packed"))
-    out, lse = local_attn.local_attn_fwd(q, k, v, grid, window, 0.25)
+    out, lse = local_attn.local_attn_fwd(q, k, v, grid, window, (0, 0, 0), None, 0.25)
     dout = torch.randn(1, 1, 2, 16, device=DEVICE).expand(2, N, 2, 16)
     assert utils.last_dim_contiguous(dout) is dout
-    got = local_attn.local_attn_bwd(dout, q, k, v, out, lse, grid, window, 0.25)
-    want = reference.local_attn_bwd(dout.double(), *(t.double() for t in (q, k, v, out, lse)), grid, window, 0.25)
+    *got, dbias = local_attn.local_attn_bwd(dout, q, k, v, out, lse, grid, window, (0, 0, 0), None, 0.25, False)
+    assert dbias is None
+    leaves = as_double_leaves(q, k, v)
+    want = torch.autograd.grad(reference.local_attention(*leaves, grid, window, 0.25), leaves, dout.double())
     for name, g, w in zip(("dq", "dk", "dv"), got, want):
         assert_matches(name, g, w, torch.float32)
+
+
+# --------------------------------------------------------------------------------------------------
+# local attention: shifted windows and the relative-position bias, against tests/dense_reference.py
+# (cases: leading partial windows, grids the window does not divide, windows clipped to the grid
+# with the user's table, packed windows, windows longer than one key tile; dbias determinism)
+# --------------------------------------------------------------------------------------------------
+
+SCALE = 0.3
+
+# grid, the user's window (before clipping), shift, heads, head_dim, how the launcher tiles the
+# clipped window in fp32 ("packed": several windows per key tile; "one-tile"; "multi-tile")
+SHIFT_BIAS_CASES = [
+    pytest.param((4, 6, 7), (2, 3, 3), (1, 1, 2), 2, 16, "packed", id="shifted-9-token-windows-packed-4-per-tile"),
+    pytest.param((3, 8, 10), (2, 4, 4), (1, 2, 2), 2, 24, "packed", id="swin-shift-32-token-windows-head-dim-24"),
+    pytest.param((2, 9, 11), (2, 7, 7), (1, 3, 4), 1, 32, "one-tile", id="shifted-2x7x7-non-divisible"),
+    pytest.param((3, 5, 6), (4, 8, 2), (2, 5, 1), 2, 16, "packed", id="clipped-axes-keep-the-users-table"),
+    pytest.param((2, 13, 14), (2, 12, 12), (1, 5, 7), 1, 16, "multi-tile", id="shifted-288-token-windows-3-key-tiles"),
+]
+
+
+def make_inputs(grid, window, heads, head_dim, dtype, bias_dtype):
+    """q, k, v (2, N, heads, d) as strided views of one projection, the upstream gradient, and a
+    (heads, 2f-1, 2h-1, 2w-1) bias table of the user's (unclipped) window."""
+    N = math.prod(grid)
+    qkv = torch.randn(2, N, 3, heads, head_dim, dtype=dtype, device=DEVICE)
+    q, k, v = qkv.unbind(2)
+    dout = torch.randn(2, N, heads, head_dim, dtype=dtype, device=DEVICE)
+    bias = torch.randn(heads, *(2 * n - 1 for n in window), dtype=bias_dtype, device=DEVICE)
+    return q, k, v, dout, bias
+
+
+def dense_results(q, k, v, dout, bias, grid, window, shift):
+    """Output and gradients of q, k, v (and of the bias when given) through the dense reference."""
+    leaves = [q, k, v] + ([bias] if bias is not None else [])
+    out = dense_local_attention(q, k, v, grid, window, shift, bias, SCALE)
+    return (out, *torch.autograd.grad(out, leaves, dout))
+
+
+def run_kernels(q, k, v, dout, bias, grid, window, shift, bias_grad=True):
+    out, lse = local_attn.local_attn_fwd(q, k, v, grid, window, shift, bias, SCALE)
+    grads = local_attn.local_attn_bwd(dout, q, k, v, out, lse, grid, window, shift, bias, SCALE, bias_grad)
+    return out, lse, grads
+
+
+def check_shift_bias(grid, user_window, user_shift, heads, head_dim, dtype, with_bias=True, bias_dtype=None):
+    window, shift = clip_window(grid, user_window), clip_shift(grid, user_window, user_shift)
+    q, k, v, dout, bias = make_inputs(grid, user_window, heads, head_dim, dtype, bias_dtype or dtype)
+    bias = bias if with_bias else None
+    out, lse, (dq, dk, dv, dbias) = run_kernels(q, k, v, dout, bias, grid, window, shift)
+    assert out.is_contiguous() and lse.dtype == torch.float32 and lse.shape == (2, heads, math.prod(grid))
+    assert (dbias is None) == (bias is None)
+
+    inputs = [q, k, v] + ([bias] if with_bias else [])
+    want = dense_results(*as_double_leaves(*inputs[:3]), dout.double(),
+                     as_double_leaves(bias)[0] if with_bias else None, grid, window, shift)
+    lowp = (None,) * len(want)
+    if dtype == torch.float16:
+        low = as_leaves(*inputs)
+        lowp = dense_results(*low[:3], dout, low[3] if with_bias else None, grid, window, shift)
+    names = ("out", "dq", "dk", "dv", "dbias")
+    if with_bias:
+        assert dbias.dtype == bias.dtype, f"dbias is {dbias.dtype}, the bias {bias.dtype}"
+    for name, got, ref, low in zip(names, (out, dq, dk, dv, dbias), want, lowp):
+        # an fp32 table's gradient from fp16 inputs carries fp16 error: judged by the inputs' rule
+        assert_matches(name, got.to(dtype), ref, dtype, low)
+
+
+@pytest.mark.parametrize("grid,window,shift,heads,head_dim,plan", SHIFT_BIAS_CASES)
+def test_shift_and_bias_fp32(grid, window, shift, heads, head_dim, plan, poison_empty):
+    assert local_path(clip_window(grid, window), head_dim, torch.float32) == plan
+    check_shift_bias(grid, window, shift, heads, head_dim, torch.float32)
+
+
+@pytest.mark.parametrize("bias_dtype", [torch.float16, torch.float32], ids=["fp16-bias", "fp32-bias"])
+def test_shift_and_bias_fp16(bias_dtype, poison_empty):
+    """fp16 inputs, the bias in the input dtype or in fp32: at most twice PyTorch's own fp16 error."""
+    check_shift_bias((4, 6, 7), (2, 3, 3), (1, 1, 2), 2, 16, torch.float16, bias_dtype=bias_dtype)
+
+
+def test_shift_without_bias(poison_empty):
+    check_shift_bias((3, 8, 10), (2, 4, 4), (1, 2, 2), 2, 16, torch.float32, with_bias=False)
+
+
+def test_no_shift_equals_plain_windows(poison_empty):
+    """shift (0, 0, 0) and no bias give the kernels' unshifted windows (same bits)."""
+    grid, window = (3, 5, 7), (2, 2, 3)
+    q, k, v, dout, _ = make_inputs(grid, window, 2, 16, torch.float32, torch.float32)
+    plain = dense_local_attention(*(t.double() for t in (q, k, v)), grid, window, scale=SCALE)
+    out, _, _ = run_kernels(q, k, v, dout, None, grid, window, (0, 0, 0))
+    assert_matches("out", out, plain, torch.float32)
+
+
+def test_dbias_only_when_asked(poison_empty):
+    grid, window, shift = (3, 8, 10), (2, 4, 4), (1, 2, 2)
+    q, k, v, dout, bias = make_inputs(grid, window, 2, 16, torch.float32, torch.float32)
+    out, lse, grads = run_kernels(q, k, v, dout, bias, grid, window, shift, bias_grad=False)
+    assert grads[3] is None
+    with_dbias = run_kernels(q, k, v, dout, bias, grid, window, shift)[2]
+    for name, a, b in zip(("dq", "dk", "dv"), grads[:3], with_dbias[:3]):
+        assert torch.equal(a, b), f"{name} changes when dbias is computed too"
+
+
+def test_dbias_is_bitwise_deterministic(poison_empty):
+    """Several chunks of windows write partial sums that are reduced in a fixed order: two runs, same bits."""
+    grid, window, shift = (4, 6, 7), (2, 3, 3), (1, 1, 2)
+    q, k, v, dout, bias = make_inputs(grid, window, 2, 16, torch.float32, torch.float32)
+    out, lse = local_attn.local_attn_fwd(q, k, v, grid, window, shift, bias, SCALE)
+    items = 2 * math.prod(local_attn.num_windows(grid, window, shift))
+    assert relative_bias.dbias_plan(q, math.prod(window), items)[2] > 1, "the case needs several chunks of windows"
+    first, second = (local_attn.local_attn_bwd(dout, q, k, v, out, lse, grid, window, shift, bias, SCALE, True)[3]
+                     for _ in range(2))
+    assert torch.equal(first, second)
+
+
+def test_offset_sums_match_a_loop():
+    """The diagonal sums that fold the expanded (query slot, key slot) gradient into the table."""
+    x = torch.randn(3, 5, 5, dtype=torch.float64)
+    want = torch.zeros(3, 9, dtype=torch.float64)
+    for a in range(5):
+        for b in range(5):
+            want[:, a - b + 4] += x[:, a, b]
+    torch.testing.assert_close(relative_bias.offset_sums(x), want, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("shift,bias_shape,match", [
+    ((0, 3, 0), (2, 3, 5, 5), "shift must satisfy 0 <= shift < window"),
+    ((0, -1, 0), (2, 3, 5, 5), "shift must satisfy 0 <= shift < window"),
+    ((0, 1, 1), (2, 3, 3, 5), "bias must be"),
+    ((0, 1, 1), (3, 3, 5, 5), "bias must be"),
+    ((0, 1, 1), (2, 3, 6, 5), "bias must be"),
+])
+def test_bad_shift_or_bias_table_is_refused(shift, bias_shape, match):
+    grid, window = (2, 6, 6), (2, 3, 3)
+    q = torch.randn(1, math.prod(grid), 2, 16, device=DEVICE)
+    with pytest.raises(ValueError, match=match):
+        local_attn.local_attn_fwd(q, q, q, grid, window, shift, torch.zeros(bias_shape, device=DEVICE), SCALE)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -161,6 +303,22 @@ def test_global_attention_1024_keys(poison_empty):
         lambda q, k, v: global_attention(q, k, v, backend="triton"),
         reference.global_attention, (q, k, v), dout, torch.float32, ("out", "dq", "dk", "dv"),
     )
+
+
+def test_global_attention_over_no_keys(poison_empty):
+    """No keys: an empty softmax sum, as the reference computes it (out 0, lse -inf, dq 0), every
+    output written although no kernel program has a key block to run."""
+    q = torch.randn(2, 5, 2, 16, device=DEVICE)
+    k, v = torch.randn(2, 0, 2, 16, device=DEVICE), torch.randn(2, 0, 2, 16, device=DEVICE)
+    out, lse = global_attn.global_attn_fwd(q, k, v, 0.25)
+    want_out, want_lse = reference.global_attention_with_lse(q.double(), k.double(), v.double(), 0.25)
+    assert_matches("out", out, want_out, torch.float32)
+    assert torch.equal(lse.cpu(), want_lse.float())
+    dout = torch.randn_like(out)
+    dq, dk, dv = global_attn.global_attn_bwd(dout, q, k, v, out, lse, 0.25)
+    want = reference.global_attn_bwd(*(t.double() for t in (dout, q, k, v, want_out, want_lse)), 0.25)
+    assert_matches("dq", dq, want[0], torch.float32)
+    assert dk.shape == k.shape and dv.shape == v.shape
 
 
 @pytest.mark.parametrize("Nk", [7, 200])
@@ -242,9 +400,10 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 import torch
-from logo_attn.kernels import global_attn, local_attn, tuning, window_pool
+from logo_attn.kernels import global_attn, local_attn, relative_bias, tuning, window_pool
 
-ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+from triton.backends.nvidia.compiler import get_ptxas
+ptxas = get_ptxas(90).path  # the ptxas Triton itself uses for sm_90 (3.9 ships a newer one for its PTX 9.x)
 
 def compile_kernel(kernel, dtype, constants, num_warps, num_stages):
     fn = kernel.fn if hasattr(kernel, "configs") else kernel  # an Autotuner wraps the JITFunction
@@ -253,7 +412,7 @@ def compile_kernel(kernel, dtype, constants, num_warps, num_stages):
         if param.is_constexpr:
             signature[param.name] = "constexpr"
         elif param.name.endswith("_ptr"):
-            signature[param.name] = "*fp32" if param.name == "lse_ptr" else "*" + dtype
+            signature[param.name] = "*fp32" if param.name in ("lse_ptr", "part_ptr") else "*" + dtype
         else:
             signature[param.name] = "fp32" if param.name.endswith("scale") else "i32"
         if param.name.endswith("_ptr") or param.name.startswith("stride_"):
@@ -263,8 +422,8 @@ def compile_kernel(kernel, dtype, constants, num_warps, num_stages):
                               options={"num_warps": num_warps, "num_stages": num_stages})
     with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
         f.write(compiled.asm["ptx"])
-    log = subprocess.run([ptxas, "-v", "--gpu-name=sm_90a", f.name, "-o", os.devnull],
-                         capture_output=True, text=True).stderr
+    run = subprocess.run([ptxas, "-v", "--gpu-name=sm_90a", f.name, "-o", os.devnull], capture_output=True, text=True)
+    log = run.stdout + run.stderr  # ptxas prints its -v report on stdout
     os.unlink(f.name)
     spills = re.search(r"(\d+) bytes spill stores", log)
     registers = re.search(r"Used (\d+) registers", log)
@@ -279,15 +438,21 @@ DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 for dtype, head_dim in (("fp16", 64), ("bf16", 128), ("fp32", 128)):
     tile = tuning.key_tile(head_dim, DTYPES[dtype])
     common = dict(HEAD_DIM=head_dim, BLOCK_D=head_dim, DOT_PRECISION="ieee")
-    plans = [
+    local_plans = [
         (local_attn.local_attn_fwd_kernel,
          dict(BLOCK_K=tile, WINDOWS_PER_GROUP=1, SLOTS_PER_WINDOW=tile, SINGLE_KEY_TILE=False)),
         (local_attn.local_attn_fwd_kernel,
          dict(BLOCK_K=min(tile, 64), WINDOWS_PER_GROUP=2, SLOTS_PER_WINDOW=min(tile, 64) // 2, SINGLE_KEY_TILE=True)),
         (local_attn.local_attn_bwd_kernel_dkdv,
          dict(BLOCK_K=tile, WINDOWS_PER_GROUP=1, SLOTS_PER_WINDOW=tile, SINGLE_KEY_TILE=True)),
+        (local_attn.local_attn_bwd_kernel_dkdv,
+         dict(BLOCK_K=min(tile, 64), WINDOWS_PER_GROUP=2, SLOTS_PER_WINDOW=min(tile, 64) // 2, SINGLE_KEY_TILE=True)),
         (local_attn.local_attn_bwd_kernel_dq,
          dict(BLOCK_K=tile, WINDOWS_PER_GROUP=1, SLOTS_PER_WINDOW=tile, SINGLE_KEY_TILE=False)),
+    ]
+    # every local-attention plan without and with the relative-position bias
+    plans = [(kernel, {**plan, "HAS_BIAS": has_bias}) for kernel, plan in local_plans for has_bias in (False, True)]
+    plans += [
         (global_attn.global_attn_fwd_kernel, dict(BLOCK_K=16, SINGLE_KEY_TILE=True)),
         (global_attn.global_attn_bwd_kernel_dkdv, dict(BLOCK_K=tile, SINGLE_KEY_TILE=True)),
         (global_attn.global_attn_bwd_kernel_dq, dict(BLOCK_K=tile, SINGLE_KEY_TILE=False)),
@@ -300,6 +465,9 @@ for dtype, head_dim in (("fp16", 64), ("bf16", 128), ("fp32", 128)):
                      key=lambda c: (c.kwargs["BLOCK_Q"] / c.num_warps, c.num_stages))
         constants.update(config.kwargs)
         results.append(compile_kernel(kernel, dtype, constants, config.num_warps, config.num_stages))
+    # the bias gradient (not autotuned: one tile size per head dim, 8 warps, 1 stage)
+    results.append(compile_kernel(relative_bias.local_attn_bwd_kernel_dbias, dtype,
+                                  {**common, "BLOCK": relative_bias.dbias_tile(head_dim)}, 8, 1))
     for pool_kernel in (window_pool.window_pool_fwd_kernel, window_pool.window_pool_bwd_kernel):
         results.append(compile_kernel(pool_kernel, dtype, dict(BLOCK_T=32, BLOCK_C=128), 4, 1))
 print(json.dumps(results))
@@ -319,6 +487,7 @@ def test_kernels_compile_for_h100():
     h100_shared_memory = 227 * 1024
     for r in results:
         print(r)
+        assert r["registers"] > 0 and r["spills"] >= 0, f"ptxas printed no register report: {r}"
         assert r["shared"] <= h100_shared_memory, f"needs more shared memory than an H100 has: {r}"
         # a few spilled registers stay in L1 and cost little; hundreds of bytes mean a wrong tile plan
         assert r["spills"] <= 128 or r["dtype"] == "fp32", f"spills registers at the config most likely to: {r}"

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <new>
 
@@ -56,11 +57,62 @@ struct NextRows {
   }
 };
 
+// The relative position bias of one local attention task (one window and head), or none (table
+// null). The tile's queries and keys are then the same list, the window's tokens in row-major
+// order, and pos[i] is token i's position in the offset box (window_geometry.h). The tables are in
+// reversed order, so pair (i, j) has the bias table[centre - pos[i] + pos[j]]: for one query, the
+// biases of a run of keys along the last axis (`run` long, pos rising by 1) are a contiguous slice.
+// Backward adds each pair's dS at the same place of grad, this task's own partial table.
+template <typename A> struct PairBias {
+  const A* table = nullptr;  // this head's table, then >= 16 readable values
+  A* grad = nullptr;
+  const int32_t* pos = nullptr;
+  int64_t centre = 0, run = 0, span = 0;  // span: the last key's position + 1
+  // Scratch for the gradient, span + 16 values each, zero off the keys' positions: one query's dS
+  // by position, two queries in flight (a query's spread is added while the next one's is stored).
+  A* spread[2] = {nullptr, nullptr};
+};
+
+// s[j] = the bias of (query i, key j) for the n keys, for the score product to accumulate onto:
+// each run's slice stored by whole vectors, stores only (a run's overhang is overwritten by the next
+// run; the last one's lands past n, which mask_padding then sets to -inf, at most a vector past the
+// row: the score panels have that much room after their last row).
+template <typename A, int VB> LOGO_INLINE void fill_pair_bias(A* s, int64_t i, int64_t n, const PairBias<A>& bias) {
+  constexpr int L = lanes<A, VB>;
+  const A* line = bias.table + bias.centre - bias.pos[i];
+  for (int64_t j0 = 0; j0 < n; j0 += bias.run)
+    for (int64_t x = 0; x < bias.run; x += L) store<A, VB>(s + j0 + x, load<A, VB>(line + bias.pos[j0] + x));
+}
+
+// spread[pos[j]] = ds[j] for the n keys: each run stored by whole vectors with the lanes past the run
+// zero, so the positions between runs stay zero. The loads of ds past a run's end stay in the
+// workspace (at most a vector past the score panels) and their lanes are discarded.
+template <typename A, int VB> LOGO_INLINE void spread_pair_grad(A* spread, const A* ds, int64_t n,
+                                                                const PairBias<A>& bias) {
+  using I = std::conditional_t<sizeof(A) == 4, int32_t, int64_t>;
+  constexpr int L = lanes<A, VB>;
+  vec<I, VB> lane;
+  for (int l = 0; l < L; ++l) lane[l] = l;
+  for (int64_t j0 = 0; j0 < n; j0 += bias.run)
+    for (int64_t x = 0; x < bias.run; x += L)
+      store<A, VB>(spread + bias.pos[j0] + x, lane + I(x) < I(bias.run) ? load<A, VB>(ds + j0 + x) : vec<A, VB>{});
+}
+
+// grad[centre - pos[i] + u] += spread[u] over the span: query i's dS added by offset.
+template <typename A, int VB> LOGO_INLINE void add_pair_grad(const A* spread, int64_t i, const PairBias<A>& bias) {
+  constexpr int L = lanes<A, VB>;
+  A* line = bias.grad + bias.centre - bias.pos[i];
+  int64_t u = 0;
+  for (; u + L <= bias.span; u += L) store<A, VB>(line + u, load<A, VB>(line + u) + load<A, VB>(spread + u));
+  for (; u < bias.span; ++u) line[u] += spread[u];
+}
+
 // Query rows per block: the block's scores (and, in backward, their gradients) stay in L2.
 inline int64_t query_block(int64_t keys) { return pad_to_vectors<float>(keys) <= 256 ? 128 : 48; }
 
 // The panels of one task, allocated once per chunk of tasks and reused by every task in it.
 template <typename A> struct AttnWorkspace {
+  static constexpr int64_t kRoom = 64 / sizeof(A);
   int64_t keys_padded, dim_padded, block;
   std::unique_ptr<A[], void (*)(A*)> storage{nullptr, [](A* p) { ::operator delete[](p, std::align_val_t(64)); }};
   A *kt, *k, *vt, *v, *dk, *dv;  // key-side panels: Kᵀ, K, Vᵀ (d x keys_padded), V, dK, dV (keys x dim_padded)
@@ -74,13 +126,14 @@ template <typename A> struct AttnWorkspace {
     block = query_block(max_keys);
     const int64_t key_panel = keys_padded * dim_padded, q_panel = block * dim_padded;
     const int64_t score_panel = block * keys_padded;
-    const int64_t total = 6 * key_panel + 3 * q_panel + 2 * score_panel + 3 * pad_to_vectors<A>(block);
+    // kRoom values after each score panel: the bias fills and dS loads run up to a vector past a row.
+    const int64_t total = 6 * key_panel + 3 * q_panel + 2 * (score_panel + kRoom) + 3 * pad_to_vectors<A>(block);
     A* p = static_cast<A*>(::operator new[](sizeof(A) * total, std::align_val_t(64)));
     std::fill(p, p + total, A(0));  // every read is of written values; zeros keep it so if one is not
     storage.reset(p);
     for (A** panel : {&kt, &k, &vt, &v, &dk, &dv}) *panel = p, p += key_panel;
     for (A** panel : {&q, &dout, &out}) *panel = p, p += q_panel;
-    for (A** panel : {&s, &ds}) *panel = p, p += score_panel;
+    for (A** panel : {&s, &ds}) *panel = p, p += score_panel + kRoom;
     row = p;
   }
 };
@@ -143,7 +196,8 @@ template <typename A, int VB> LOGO_INLINE void mask_padding(A* s, int64_t n, int
 template <int VB, typename T>
 LOGO_INLINE void attention_fwd_tile(Rows<const T> q, Rows<const T> k, Rows<const T> v, Rows<T> out, acc_t<T>* lse,
                                     const int64_t* qids, int64_t n_q, const int64_t* kids, int64_t n_k, int64_t d,
-                                    acc_t<T> scale, AttnWorkspace<acc_t<T>>& ws, const NextRows& next) {
+                                    acc_t<T> scale, const PairBias<acc_t<T>>& bias, AttnWorkspace<acc_t<T>>& ws,
+                                    const NextRows& next) {
   using A = acc_t<T>;
   const int64_t np = pad_to_vectors<A>(n_k), dp = ws.dim_padded;
   pack_columns(k, kids, n_k, d, ws.kt, np);
@@ -152,7 +206,9 @@ LOGO_INLINE void attention_fwd_tile(Rows<const T> q, Rows<const T> k, Rows<const
     const int64_t m = std::min(ws.block, n_q - q0);
     const int64_t* ids = qids + q0;
     pack_rows(q, ids, m, d, ws.q, dp, scale);
-    matmul<A, VB>(m, np, d, ws.q, dp, 1, ws.kt, np, ws.s, np, false);
+    if (bias.table)  // S = bias + (scale Q) Kᵀ: the product accumulates onto the biases
+      for (int64_t i = 0; i < m; ++i) fill_pair_bias<A, VB>(ws.s + i * np, q0 + i, n_k, bias);
+    matmul<A, VB>(m, np, d, ws.q, dp, 1, ws.kt, np, ws.s, np, bias.table != nullptr);
     A *row_max = ws.row, *row_sum = ws.row + ws.block, *row_lse = ws.row + 2 * ws.block;
     for (int64_t i = 0; i < m; ++i) {
       A* s = ws.s + i * np;
@@ -171,7 +227,8 @@ LOGO_INLINE void attention_fwd_tile(Rows<const T> q, Rows<const T> k, Rows<const
 }
 
 // Backward: dq rows qids, and dK, dV of keys kids summed over these queries into ws.dk / ws.dv
-// (n_k x dim_padded, in the accumulation type) for the caller to store or reduce.
+// (n_k x dim_padded, in the accumulation type) for the caller to store or reduce; with a bias, its
+// dS summed by offset into bias.grad.
 //   P = exp(S - lse), dV = Pᵀ dO, dS = P * (dO Vᵀ - rowsum(dO * O)), dQ = scale dS K, dK = scale dSᵀ Q
 // The forward output is not needed: every key of a query is in its row of P, so
 // rowsum(dO * O) = rowsum(P * dO Vᵀ) is computed from what backward has anyway.
@@ -179,18 +236,25 @@ template <int VB, typename T>
 LOGO_INLINE void attention_bwd_tile(Rows<const T> dout, Rows<const T> q, Rows<const T> k, Rows<const T> v,
                                     const acc_t<T>* lse, Rows<T> dq, const int64_t* qids,
                                     int64_t n_q, const int64_t* kids, int64_t n_k, int64_t d, acc_t<T> scale,
-                                    AttnWorkspace<acc_t<T>>& ws, const NextRows& next) {
+                                    const PairBias<acc_t<T>>& bias, AttnWorkspace<acc_t<T>>& ws,
+                                    const NextRows& next) {
   using A = acc_t<T>;
   const int64_t np = pad_to_vectors<A>(n_k), dp = ws.dim_padded;
   pack_columns(k, kids, n_k, d, ws.kt, np);
   pack_rows(k, kids, n_k, d, ws.k, dp, A(1));
   pack_columns(v, kids, n_k, d, ws.vt, np);
+  if (n_q == 0) {  // no query: dK = dV = 0 (the loop below would leave the previous task's sums)
+    std::fill(ws.dk, ws.dk + n_k * dp, A(0));
+    std::fill(ws.dv, ws.dv + n_k * dp, A(0));
+  }
   for (int64_t q0 = 0; q0 < n_q; q0 += ws.block) {
     const int64_t m = std::min(ws.block, n_q - q0);
     const int64_t* ids = qids + q0;
     pack_rows(q, ids, m, d, ws.q, dp, scale);  // scaled: S = (scale Q) Kᵀ and dK = dSᵀ (scale Q)
     pack_rows(dout, ids, m, d, ws.dout, dp, A(1));
-    matmul<A, VB>(m, np, d, ws.q, dp, 1, ws.kt, np, ws.s, np, false);
+    if (bias.table)
+      for (int64_t i = 0; i < m; ++i) fill_pair_bias<A, VB>(ws.s + i * np, q0 + i, n_k, bias);
+    matmul<A, VB>(m, np, d, ws.q, dp, 1, ws.kt, np, ws.s, np, bias.table != nullptr);
     matmul<A, VB>(m, np, d, ws.dout, dp, 1, ws.vt, np, ws.ds, np, false);
     for (int64_t i = 0; i < m; ++i) {
       A* p = ws.s + i * np;
@@ -201,8 +265,13 @@ LOGO_INLINE void attention_bwd_tile(Rows<const T> dout, Rows<const T> q, Rows<co
       const vec<A, VB> delta = splat<A, VB>(dot_of<A, VB>(p, g, np));
       for (int64_t j = 0; j < np; j += lanes<A, VB>)
         store<A, VB>(g + j, load<A, VB>(p + j) * (load<A, VB>(g + j) - delta));
+      if (bias.grad) {  // row i's dS spread by position now, added by offset after the next row's
+        spread_pair_grad<A, VB>(bias.spread[i & 1], g, n_k, bias);
+        if (i > 0) add_pair_grad<A, VB>(bias.spread[(i - 1) & 1], q0 + i - 1, bias);
+      }
       next.fetch(q0 + i);
     }
+    if (bias.grad) add_pair_grad<A, VB>(bias.spread[(m - 1) & 1], q0 + m - 1, bias);
     const bool accumulate = q0 > 0;
     matmul<A, VB>(n_k, dp, m, ws.s, 1, np, ws.dout, dp, ws.dv, dp, accumulate);  // Pᵀ dO
     matmul<A, VB>(n_k, dp, m, ws.ds, 1, np, ws.q, dp, ws.dk, dp, accumulate);    // dSᵀ (scale Q)

@@ -55,7 +55,8 @@ template <int VB, typename T> LOGO_INLINE void global_fwd(const AttnArgs& a, int
     const NextRows next = next_rows<T>(a, ids, task + 1, end, blocks, ws.block, {&a.q}, {&a.out});
     attention_fwd_tile<VB, T>(slice<const T>(a.q, t.b, t.h), slice<const T>(a.k, t.b, t.h),
                               slice<const T>(a.v, t.b, t.h), slice<T>(a.out, t.b, t.h), lse_slice<A>(a, t.b, t.h),
-                              ids.data() + t.q0, t.q1 - t.q0, ids.data(), a.k_tokens, a.head_dim, A(a.scale), ws, next);
+                              ids.data() + t.q0, t.q1 - t.q0, ids.data(), a.k_tokens, a.head_dim, A(a.scale),
+                              PairBias<A>{}, ws, next);
   }
 }
 
@@ -75,8 +76,8 @@ template <int VB, typename T> LOGO_INLINE void global_bwd(const AttnArgs& a, int
     const NextRows next = next_rows<T>(a, ids, task + 1, end, a.splits, 0, {&a.dout, &a.q}, {&a.dq});
     attention_bwd_tile<VB, T>(slice<const T>(a.dout, b, h), slice<const T>(a.q, b, h), slice<const T>(a.k, b, h),
                               slice<const T>(a.v, b, h), lse_slice<const A>(a, b, h),
-                              slice<T>(a.dq, b, h), ids.data() + t.q0, t.q1 - t.q0, ids.data(), n_k, d, A(a.scale), ws,
-                              next);
+                              slice<T>(a.dq, b, h), ids.data() + t.q0, t.q1 - t.q0, ids.data(), n_k, d, A(a.scale),
+                              PairBias<A>{}, ws, next);
     if (a.splits == 1) {
       store_rows(ws.dk, dp, n_k, d, slice<T>(a.dk, b, h), ids.data(), A(1), static_cast<A*>(nullptr));
       store_rows(ws.dv, dp, n_k, d, slice<T>(a.dv, b, h), ids.data(), A(1), static_cast<A*>(nullptr));
@@ -118,9 +119,11 @@ int64_t global_attn_fwd_tasks(const AttnArgs& a) { return a.batch * a.heads * fw
 // At least 32 (batch, head, range) tasks, so a many-core CPU has work for every core, and no
 // splitting when batch x heads already gives that many (the common case: then backward is one
 // pass, without partial sums); each range at least 256 queries long. Shapes only, never the thread
-// count, so the summation order is fixed.
+// count, so the summation order is fixed. An empty batch or zero heads has no task: one range.
 int64_t global_attn_bwd_splits(int64_t batch, int64_t heads, int64_t q_tokens) {
-  const int64_t wanted = (32 + batch * heads - 1) / (batch * heads);
+  const int64_t slices = batch * heads;
+  if (slices == 0) return 1;
+  const int64_t wanted = (32 + slices - 1) / slices;
   return std::max<int64_t>(1, std::min(wanted, q_tokens / 256));
 }
 

@@ -15,10 +15,14 @@ namespace logo_attn::cpu {
 // Backward reads dout, q, k, v and lse, not the forward output: with all of a query's keys in one
 // task, rowsum(dO * O) = rowsum(P * dO Vᵀ) comes from what backward computes anyway.
 
-// Local attention: one task per (batch, window, head).
+// Local attention: one task per (batch, window, head). With a.dbias_partial, backward writes each
+// task's dS sums by offset there, and the reduction (tasks: local_attn_dbias_tasks, blocks of
+// offsets of each head) adds them over batch and windows, in order, into a.dbias.
 int64_t local_attn_tasks(const AttnArgs& a);
 void local_attn_fwd(const AttnArgs& a, int64_t begin, int64_t end);
 void local_attn_bwd(const AttnArgs& a, int64_t begin, int64_t end);
+int64_t local_attn_dbias_tasks(const AttnArgs& a);
+void local_attn_dbias_reduce(const AttnArgs& a, int64_t begin, int64_t end);
 
 // Global attention. Forward: one task per (batch, block of queries, head).
 int64_t global_attn_fwd_tasks(const AttnArgs& a);

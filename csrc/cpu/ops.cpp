@@ -6,8 +6,11 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <optional>
 #include <tuple>
+#include <vector>
 
+#include "../capabilities.h"
 #include "../op_args.h"
 #include "kernels.h"
 
@@ -16,6 +19,7 @@ namespace {
 
 constexpr Computed kComputed = {at::kFloat, at::kDouble, at::kBFloat16};
 constexpr const char* kKernels = "CPU";
+const DeclareCapability kCapability("cpu", {std::vector<at::ScalarType>(kComputed), /*max_head_dim=*/0});
 
 // Runs kernel(args, begin, end) over [0, tasks) on ATen's intra-op threads.
 template <class Args> void run_tasks(void (*kernel)(const Args&, int64_t, int64_t), const Args& args, int64_t tasks) {
@@ -23,22 +27,29 @@ template <class Args> void run_tasks(void (*kernel)(const Args&, int64_t, int64_
 }
 
 std::tuple<at::Tensor, at::Tensor> local_attn_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                                  c10::IntArrayRef grid, c10::IntArrayRef window, double scale) {
+                                                  c10::IntArrayRef grid, c10::IntArrayRef window,
+                                                  c10::IntArrayRef shift, const std::optional<at::Tensor>& bias,
+                                                  double scale) {
   const char* op = "local_attn_fwd";
-  const Windows w = local_windows(op, q, grid, window);
+  const Windows w = local_windows(op, q, grid, window, shift);
   AttnCall c = attention_fwd_call(op, kComputed, kKernels, q, k, v, scale, &w);
+  if (bias) attach_bias(op, c, *bias, w);
   run_tasks(cpu::local_attn_fwd, c.args, cpu::local_attn_tasks(c.args));
   return {c.out, c.lse};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> local_attn_bwd(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> local_attn_bwd(
     const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
-    const at::Tensor& lse, c10::IntArrayRef grid, c10::IntArrayRef window, double scale) {
+    const at::Tensor& lse, c10::IntArrayRef grid, c10::IntArrayRef window, c10::IntArrayRef shift,
+    const std::optional<at::Tensor>& bias, double scale, bool bias_grad) {
   const char* op = "local_attn_bwd";
-  const Windows w = local_windows(op, q, grid, window);
-  AttnCall c = attention_bwd_call(op, kComputed, kKernels, dout, q, k, v, out, lse, scale, &w);
+  const Windows w = local_windows(op, q, grid, window, shift);
+  AttnCall c = attention_bwd_call(op, kComputed, kKernels, dout, q, k, v, out, lse, scale, &w, ReadsOut::no);
+  if (bias) attach_bias(op, c, *bias, w);
+  if (bias && bias_grad) attach_bias_grad(c, w);
   run_tasks(cpu::local_attn_bwd, c.args, cpu::local_attn_tasks(c.args));
-  return {c.dq, c.dk, c.dv};
+  if (c.args.dbias) run_tasks(cpu::local_attn_dbias_reduce, c.args, cpu::local_attn_dbias_tasks(c.args));
+  return {c.dq, c.dk, c.dv, bias_grad_output(c, bias)};
 }
 
 std::tuple<at::Tensor, at::Tensor> global_attn_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -52,7 +63,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> global_attn_bwd(const at::Tensor&
                                                                const at::Tensor& k, const at::Tensor& v,
                                                                const at::Tensor& out, const at::Tensor& lse,
                                                                double scale) {
-  AttnCall c = attention_bwd_call("global_attn_bwd", kComputed, kKernels, dout, q, k, v, out, lse, scale, nullptr);
+  AttnCall c =
+      attention_bwd_call("global_attn_bwd", kComputed, kKernels, dout, q, k, v, out, lse, scale, nullptr, ReadsOut::no);
   AttnArgs& a = c.args;
   a.splits = cpu::global_attn_bwd_splits(a.batch, a.heads, a.q_tokens);
   at::Tensor partial;

@@ -21,7 +21,7 @@ struct bf16 {
   uint16_t bits;
 };
 
-// Accumulation type: fp32 for bf16/fp32 inputs, fp64 for fp64 (DESIGN §1).
+// Accumulation type: fp32 for bf16/fp32 inputs, fp64 for fp64 (what PyTorch promotes them to).
 template <typename T> struct acc_type { using type = float; };
 template <> struct acc_type<double> { using type = double; };
 template <typename T> using acc_t = typename acc_type<T>::type;
@@ -119,7 +119,9 @@ template <int VB> LOGO_INLINE vec<float, VB> exp_vec(vec<float, VB> x) {
 }
 
 // log on a float vector of positive normal numbers: Cephes' logf (x = m 2^e with m in
-// [sqrt(1/2), sqrt(2)), degree-9 polynomial in m - 1), relative error ~1 ulp.
+// [sqrt(1/2), sqrt(2)), degree-9 polynomial in m - 1), relative error ~1 ulp. NaN and +inf are
+// returned as they are (a row sum that met a NaN score must give a NaN log-sum-exp, as libm's log
+// does: the bit manipulation below would turn it into a finite number).
 template <int VB> LOGO_INLINE vec<float, VB> log_vec(vec<float, VB> x) {
   using vf = vec<float, VB>;
   using vi = vec<int32_t, VB>;
@@ -144,7 +146,9 @@ template <int VB> LOGO_INLINE vec<float, VB> log_vec(vec<float, VB> x) {
   y = y * m + 3.3333331174e-1f;
   const vf ef = __builtin_convertvector(e, vf);
   y = y * m * z + ef * -2.12194440e-4f - 0.5f * z;
-  return m + y + ef * 0.693359375f;
+  const vf result = m + y + ef * 0.693359375f;
+  const vi finite = (x == x) & (x < std::numeric_limits<float>::infinity());
+  return finite ? result : x;
 }
 
 // lse[i] = max[i] + log(sum[i]) and sum[i] <- 1 / sum[i] for i < n (rows of a block, sums >= 1):

@@ -13,6 +13,8 @@ namespace {
 
 // Channels per task: a few KiB of each row, so tasks are many and each row access is contiguous.
 constexpr int64_t kChannelBlock = 512;
+// Pooling windows are never shifted.
+constexpr int64_t kNoShift[3] = {0, 0, 0};
 
 int64_t channel_blocks(const PoolArgs& a) { return (a.channels + kChannelBlock - 1) / kChannelBlock; }
 
@@ -29,7 +31,7 @@ struct PoolTask {
 
 template <int VB, typename T> LOGO_INLINE void pool_fwd(const PoolArgs& a, int64_t begin, int64_t end) {
   using A = acc_t<T>;
-  const WindowGrid g(a.grid, a.window);
+  const WindowGrid g(a.grid, a.window, kNoShift);
   std::vector<int64_t> ids(g.max_tokens());
   A sum[kChannelBlock];
   for (int64_t task = begin; task < end; ++task) {
@@ -48,7 +50,7 @@ template <int VB, typename T> LOGO_INLINE void pool_fwd(const PoolArgs& a, int64
 
 template <int VB, typename T> LOGO_INLINE void pool_bwd(const PoolArgs& a, int64_t begin, int64_t end) {
   using A = acc_t<T>;
-  const WindowGrid g(a.grid, a.window);
+  const WindowGrid g(a.grid, a.window, kNoShift);
   const int64_t tokens = g.grid[0] * g.grid[1] * g.grid[2];
   std::vector<int64_t> ids(g.max_tokens());
   T share[kChannelBlock];
@@ -68,7 +70,7 @@ LOGO_ATTN_CPU_KERNEL(PoolBwdKernel, pool_bwd, PoolArgs);
 }  // namespace
 
 int64_t window_pool_tasks(const PoolArgs& a) {
-  return a.batch * WindowGrid(a.grid, a.window).windows() * channel_blocks(a);
+  return a.batch * WindowPartition(a.grid, a.window, kNoShift).windows() * channel_blocks(a);
 }
 
 void window_pool_fwd(const PoolArgs& a, int64_t begin, int64_t end) { run_for_cpu<PoolFwdKernel>(&a, begin, end); }

@@ -1,30 +1,38 @@
-// The window partition of an F x H x W token grid, shared by local attention and window pooling:
-// windows in row-major order, border windows clipped to the grid (smaller, never padded).
+// The windows of the CPU kernels (local attention and window pooling) as token lists: windows in
+// row-major order, border and leading partial windows clipped to the grid (smaller, never padded).
+// The geometry itself is ../window_geometry.h.
 #pragma once
 
-#include <algorithm>
 #include <cstdint>
+
+#include "../window_geometry.h"
 
 namespace logo_attn::cpu {
 
 struct WindowGrid {
-  int64_t grid[3], window[3], count[3];
+  WindowPartition partition;
+  OffsetBox box;
+  int64_t grid[3];
 
-  WindowGrid(const int64_t (&g)[3], const int64_t (&w)[3]) {
-    for (int a = 0; a < 3; ++a) grid[a] = g[a], window[a] = w[a], count[a] = (g[a] + w[a] - 1) / w[a];
-  }
-  int64_t windows() const { return count[0] * count[1] * count[2]; }
-  int64_t max_tokens() const { return window[0] * window[1] * window[2]; }
+  WindowGrid(const int64_t (&g)[3], const int64_t (&w)[3], const int64_t (&s)[3])
+      : partition(g, w, s), box(w), grid{g[0], g[1], g[2]} {}
+  int64_t windows() const { return partition.windows(); }
+  int64_t max_tokens() const { return partition.max_tokens(); }
 
-  // Token indices of window `index` in row-major (f, h, w) order, written to ids; returns how many.
-  int64_t tokens(int64_t index, int64_t* ids) const {
-    const int64_t cell[3] = {index / (count[1] * count[2]), index / count[2] % count[1], index % count[2]};
+  // Token indices of window `index` in row-major (f, h, w) order, written to ids, and, when pos is
+  // not null, each token's position in the offset box (the bias table's coordinates) and in *run
+  // the window's length along the last axis. Returns how many.
+  int64_t tokens(int64_t index, int64_t* ids, int32_t* pos = nullptr, int64_t* run = nullptr) const {
     int64_t lo[3], hi[3];
-    for (int a = 0; a < 3; ++a) lo[a] = cell[a] * window[a], hi[a] = std::min(lo[a] + window[a], grid[a]);
+    partition.segments(index, lo, hi);
+    if (run) *run = hi[2] - lo[2];
     int64_t n = 0;
     for (int64_t t = lo[0]; t < hi[0]; ++t)
       for (int64_t y = lo[1]; y < hi[1]; ++y)
-        for (int64_t x = lo[2]; x < hi[2]; ++x) ids[n++] = (t * grid[1] + y) * grid[2] + x;
+        for (int64_t x = lo[2]; x < hi[2]; ++x) {
+          if (pos) pos[n] = int32_t(box.position(t - lo[0], y - lo[1], x - lo[2]));
+          ids[n++] = (t * grid[1] + y) * grid[2] + x;
+        }
     return n;
   }
 };

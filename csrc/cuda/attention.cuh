@@ -1,7 +1,8 @@
 // Exact softmax attention of query rows over key rows of one (batch, head) slice, forward and
 // backward, on CUDA cores with fp32 accumulation: the kernels local_attn.cu and global_attn.cu are
 // made of. A token-set policy (LocalSet, GlobalSet) says which grid tokens are the queries and the
-// keys of each problem (a window, or the whole sequence).
+// keys of each problem (a window, shifted or not, or the whole sequence) and what bias each pair's
+// score gets (the relative position bias of local attention, or none).
 //
 // Structure (FlashAttention's, without tensor cores: this is the fallback when Triton is missing):
 // - forward: a block owns kOwnedRows queries (kRowsPerWarp per warp) and streams the keys through
@@ -24,24 +25,42 @@ constexpr int kTile = 32;                             // streamed rows per share
 constexpr int kRowsPerWarp = 4;                       // owned rows per warp
 constexpr int kOwnedRows = kWarps * kRowsPerWarp;     // owned rows per block
 
-// Problem p of a batch is window p: its tokens are both the queries and the keys.
+// Problem p of a batch is window p (shifted or not): its tokens are both the queries and the keys.
+// With a bias, pair (query i, key j) of head h adds the table entry at centre - position_i +
+// position_j (kernel_args.h), times log2(e) since these kernels score in base 2.
 struct LocalSet {
   Window window;
+  OffsetBox box;
+  const float* bias;  // this head's table, or null
   int64_t queries, keys;
-  __device__ LocalSet(const AttnArgs& a, int64_t p) : window(a.grid, a.window, p) { queries = keys = window.tokens(); }
+  __device__ LocalSet(const AttnArgs& a, int64_t p, int64_t h)
+      : window(partition(a), p), box(a.window),
+        bias(a.bias ? static_cast<const float*>(a.bias) + h * box.size : nullptr) {
+    queries = keys = window.tokens();
+  }
   __device__ __forceinline__ int64_t query(int64_t i) const { return window.token(i); }
   __device__ __forceinline__ int64_t key(int64_t j) const { return window.token(j); }
-  __host__ __device__ static int64_t problems(const AttnArgs& a) { return Window::count(a.grid, a.window); }
+  // Token i's position in the offset box (0 without a bias: unused).
+  __device__ __forceinline__ int64_t position(int64_t i) const { return bias ? window.position(i, box) : 0; }
+  __device__ __forceinline__ float pair_bias(int64_t query_position, int64_t key_position) const {
+    return bias ? bias[box.centre - query_position + key_position] * kLog2e : 0.f;
+  }
+  __host__ __device__ static WindowPartition partition(const AttnArgs& a) {
+    return WindowPartition(a.grid, a.window, a.shift);
+  }
+  __host__ __device__ static int64_t problems(const AttnArgs& a) { return partition(a).windows(); }
   __host__ __device__ static int64_t max_queries(const AttnArgs& a) { return a.window[0] * a.window[1] * a.window[2]; }
   __host__ __device__ static int64_t max_keys(const AttnArgs& a) { return max_queries(a); }
 };
 
-// One problem per batch: every query over every key.
+// One problem per batch: every query over every key, no bias.
 struct GlobalSet {
   int64_t queries, keys;
-  __device__ GlobalSet(const AttnArgs& a, int64_t) : queries(a.q_tokens), keys(a.k_tokens) {}
+  __device__ GlobalSet(const AttnArgs& a, int64_t, int64_t) : queries(a.q_tokens), keys(a.k_tokens) {}
   __device__ __forceinline__ int64_t query(int64_t i) const { return i; }
   __device__ __forceinline__ int64_t key(int64_t j) const { return j; }
+  __device__ __forceinline__ int64_t position(int64_t) const { return 0; }
+  __device__ __forceinline__ float pair_bias(int64_t, int64_t) const { return 0.f; }
   __host__ __device__ static int64_t problems(const AttnArgs&) { return 1; }
   __host__ __device__ static int64_t max_queries(const AttnArgs& a) { return a.q_tokens; }
   __host__ __device__ static int64_t max_keys(const AttnArgs& a) { return a.k_tokens; }
@@ -105,7 +124,7 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(const AttnArgs a, in
   float* vs = ks + kTile * pitch;  // kTile x pitch
   float* qs = vs + kTile * pitch;  // kOwnedRows x d, scaled by scale * log2(e): softmax in base 2
   const BlockIndex block(a, Set::problems(a), query_tiles);
-  const Set set(a, block.p);
+  const Set set(a, block.p, block.h);
   const int64_t q0 = block.inner * kOwnedRows;
   if (q0 >= set.queries) return;  // a border window has fewer query tiles (uniform for the block)
   const int nq = int(min(int64_t(kOwnedRows), set.queries - q0));
@@ -116,9 +135,11 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(const AttnArgs a, in
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   float o[kRowsPerWarp][DL], m[kRowsPerWarp], l[kRowsPerWarp];
+  int64_t query_position[kRowsPerWarp];
 #pragma unroll
   for (int r = 0; r < kRowsPerWarp; ++r) {
     m[r] = -INFINITY, l[r] = 0.f;
+    query_position[r] = set.position(q0 + min(warp * kRowsPerWarp + r, nq - 1));  // rows past nq are never used
 #pragma unroll
     for (int x = 0; x < DL; ++x) o[r][x] = 0.f;
   }
@@ -128,11 +149,13 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(const AttnArgs a, in
     load_rows(slice<const T>(a.k, b, h), key, k0, nk, d, 1.f, ks, pitch);
     load_rows(slice<const T>(a.v, b, h), key, k0, nk, d, 1.f, vs, pitch);
     __syncthreads();
+    const int64_t key_position = lane < nk ? set.position(k0 + lane) : 0;  // lane j scores key k0 + j
 #pragma unroll
     for (int r = 0; r < kRowsPerWarp; ++r) {
       const int i = warp * kRowsPerWarp + r;
       if (i >= nq) break;  // uniform over the warp
-      const float s = lane < nk ? dot(qs + i * d, ks + lane * pitch, d) : -INFINITY;
+      const float s = lane < nk ? dot(qs + i * d, ks + lane * pitch, d) + set.pair_bias(query_position[r], key_position)
+                                : -INFINITY;
       const float m_new = fmaxf(m[r], warp_max(s));  // finite: nk >= 1
       const float p = lane < nk ? exp2f(s - m_new) : 0.f;
       const float alpha = exp2f(m[r] - m_new);       // 0 on the first tile (m = -inf)
@@ -179,7 +202,7 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dq_kernel(const AttnArgs a,
   float* qs = vs + kTile * pitch;  // kOwnedRows x d, scaled by scale * log2(e)
   float* gs = qs + kOwnedRows * d;  // kOwnedRows x d: dO
   const BlockIndex block(a, Set::problems(a), query_tiles);
-  const Set set(a, block.p);
+  const Set set(a, block.p, block.h);
   const int64_t q0 = block.inner * kOwnedRows;
   if (q0 >= set.queries) return;
   const int nq = int(min(int64_t(kOwnedRows), set.queries - q0));
@@ -193,11 +216,12 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dq_kernel(const AttnArgs a,
   const float* lse = static_cast<const float*>(a.lse) + bh * a.q_tokens;
   const float* delta = static_cast<const float*>(a.delta) + bh * a.q_tokens;
   float dq[kRowsPerWarp][DL], lse2[kRowsPerWarp], dl[kRowsPerWarp];
+  int64_t query_position[kRowsPerWarp];
 #pragma unroll
   for (int r = 0; r < kRowsPerWarp; ++r) {
     const int i = min(warp * kRowsPerWarp + r, nq - 1);  // rows past nq are never used
     const int64_t n = set.query(q0 + i);
-    lse2[r] = lse[n] * kLog2e, dl[r] = delta[n];
+    lse2[r] = lse[n] * kLog2e, dl[r] = delta[n], query_position[r] = set.position(q0 + i);
 #pragma unroll
     for (int x = 0; x < DL; ++x) dq[r][x] = 0.f;
   }
@@ -207,13 +231,15 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dq_kernel(const AttnArgs a,
     load_rows(slice<const T>(a.k, b, h), key, k0, nk, d, 1.f, ks, pitch);
     load_rows(slice<const T>(a.v, b, h), key, k0, nk, d, 1.f, vs, pitch);
     __syncthreads();
+    const int64_t key_position = lane < nk ? set.position(k0 + lane) : 0;
 #pragma unroll
     for (int r = 0; r < kRowsPerWarp; ++r) {
       const int i = warp * kRowsPerWarp + r;
       if (i >= nq) break;
       float ds = 0.f;
       if (lane < nk) {
-        const float p = exp2f(dot(qs + i * d, ks + lane * pitch, d) - lse2[r]);
+        const float s = dot(qs + i * d, ks + lane * pitch, d) + set.pair_bias(query_position[r], key_position);
+        const float p = exp2f(s - lse2[r]);
         ds = p * (dot(gs + i * d, vs + lane * pitch, d) - dl[r]);
       }
       add_weighted_rows(dq[r], ds, ks, nk, pitch, d, lane);
@@ -243,7 +269,7 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dkdv_kernel(const AttnArgs 
   float* ks = gs + kTile * pitch;   // kOwnedRows x d: K scaled by scale * log2(e)
   float* vs = ks + kOwnedRows * d;  // kOwnedRows x d: V
   const BlockIndex block(a, Set::problems(a), key_tiles * chunks);
-  const Set set(a, block.p);
+  const Set set(a, block.p, block.h);
   const int64_t chunk = block.inner / key_tiles, k0 = block.inner % key_tiles * kOwnedRows;
   if (k0 >= set.keys) return;
   const int nk = int(min(int64_t(kOwnedRows), set.keys - k0));
@@ -257,10 +283,13 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dkdv_kernel(const AttnArgs 
   const float* lse = static_cast<const float*>(a.lse) + bh * a.q_tokens;
   const float* delta = static_cast<const float*>(a.delta) + bh * a.q_tokens;
   float dk[kRowsPerWarp][DL], dv[kRowsPerWarp][DL];
+  int64_t key_position[kRowsPerWarp];
 #pragma unroll
-  for (int r = 0; r < kRowsPerWarp; ++r)
+  for (int r = 0; r < kRowsPerWarp; ++r) {
+    key_position[r] = set.position(k0 + min(warp * kRowsPerWarp + r, nk - 1));  // rows past nk are never used
 #pragma unroll
     for (int x = 0; x < DL; ++x) dk[r][x] = dv[r][x] = 0.f;
+  }
   const int64_t first = set.queries * chunk / chunks, last = set.queries * (chunk + 1) / chunks;
   for (int64_t i0 = first; i0 < last; i0 += kTile) {
     const int nq = int(min(int64_t(kTile), last - i0));
@@ -269,9 +298,10 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dkdv_kernel(const AttnArgs 
     load_rows(slice<const T>(a.dout, b, h), query, i0, nq, d, 1.f, gs, pitch);
     __syncthreads();
     float lse2 = 0.f, dl = 0.f;  // lane i's query
+    int64_t query_position = 0;
     if (lane < nq) {
       const int64_t n = set.query(i0 + lane);
-      lse2 = lse[n] * kLog2e, dl = delta[n];
+      lse2 = lse[n] * kLog2e, dl = delta[n], query_position = set.position(i0 + lane);
     }
 #pragma unroll
     for (int r = 0; r < kRowsPerWarp; ++r) {
@@ -279,7 +309,7 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dkdv_kernel(const AttnArgs 
       if (j >= nk) break;
       float p = 0.f, ds = 0.f;
       if (lane < nq) {
-        p = exp2f(dot(qs + lane * pitch, ks + j * d, d) - lse2);
+        p = exp2f(dot(qs + lane * pitch, ks + j * d, d) + set.pair_bias(query_position, key_position[r]) - lse2);
         ds = p * (dot(gs + lane * pitch, vs + j * d, d) - dl);
       }
       add_weighted_rows(dv[r], p, gs, nq, pitch, d, lane);

@@ -10,6 +10,7 @@
 #include <type_traits>
 
 #include "../kernel_args.h"
+#include "../window_geometry.h"
 
 namespace logo_attn::cuda {
 
@@ -50,31 +51,41 @@ template <typename T> __device__ __forceinline__ Rows<T> slice(const Tensor4& t,
 
 __host__ __device__ __forceinline__ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Window `index` (row-major over the grid of windows) of an F x H x W grid: its first token's
-// coordinates and its size, clipped at the grid's border.
+// Window `index` (row-major over the grid of windows, window_geometry.h) of an F x H x W grid,
+// shifted or not: its first token's coordinates and its size, clipped at the grid's border.
 struct Window {
   int64_t origin[3], size[3], grid[3];
 
-  __host__ __device__ Window(const int64_t (&g)[3], const int64_t (&w)[3], int64_t index) {
-    const int64_t count[3] = {ceil_div(g[0], w[0]), ceil_div(g[1], w[1]), ceil_div(g[2], w[2])};
-    const int64_t cell[3] = {index / (count[1] * count[2]), index / count[2] % count[1], index % count[2]};
+  __host__ __device__ Window(const WindowPartition& partition, int64_t index) {
+    int64_t lo[3], hi[3];
+    partition.segments(index, lo, hi);
     for (int axis = 0; axis < 3; ++axis) {
-      grid[axis] = g[axis];
-      origin[axis] = cell[axis] * w[axis];
-      size[axis] = g[axis] - origin[axis] < w[axis] ? g[axis] - origin[axis] : w[axis];
+      grid[axis] = partition.axis[axis].size, origin[axis] = lo[axis], size[axis] = hi[axis] - lo[axis];
     }
   }
-  __host__ __device__ static int64_t count(const int64_t (&g)[3], const int64_t (&w)[3]) {
-    return ceil_div(g[0], w[0]) * ceil_div(g[1], w[1]) * ceil_div(g[2], w[2]);
-  }
   __device__ __forceinline__ int64_t tokens() const { return size[0] * size[1] * size[2]; }
-  // The grid token of the window's i-th token (row-major inside the window).
+  // The window-relative coordinates of the window's i-th token (row-major inside the window).
   // A window's token count fits in 32 bits (the op's tensors could not hold more), so the
-  // decomposition uses 32-bit divisions; the grid index is 64-bit.
-  __device__ __forceinline__ int64_t token(int64_t i) const {
+  // decomposition uses 32-bit divisions.
+  __device__ __forceinline__ void coords(int64_t i, int (&c)[3]) const {
     const int w = int(size[2]), hw = int(size[1]) * w, j = int(i);
-    const int t = j / hw, y = j % hw / w, x = j % w;
-    return ((origin[0] + t) * grid[1] + origin[1] + y) * grid[2] + origin[2] + x;
+    c[0] = j / hw, c[1] = j % hw / w, c[2] = j % w;
+  }
+  // The grid token at window-relative coordinates c (64-bit: the grid may be large).
+  __device__ __forceinline__ int64_t token_at(const int (&c)[3]) const {
+    return ((origin[0] + c[0]) * grid[1] + origin[1] + c[1]) * grid[2] + origin[2] + c[2];
+  }
+  // The grid token of the window's i-th token.
+  __device__ __forceinline__ int64_t token(int64_t i) const {
+    int c[3];
+    coords(i, c);
+    return token_at(c);
+  }
+  // The window's i-th token's position in the offset box (the bias tables' coordinates).
+  __device__ __forceinline__ int64_t position(int64_t i, const OffsetBox& box) const {
+    int c[3];
+    coords(i, c);
+    return box.position(c[0], c[1], c[2]);
   }
 };
 

@@ -1,6 +1,6 @@
 // The CUDA kernels' launchers: raw pointers, sizes and strides (kernel_args.h) and a stream in, a
 // cudaError_t out. This header and the .cu files include CUDA headers only (no torch), so plain
-// `nvcc -c` compiles them on a machine without a CUDA PyTorch (DESIGN §5); ops.cpp does the rest.
+// `nvcc -c` compiles them on a machine without a CUDA PyTorch; ops.cpp does the rest.
 //
 // Every kernel accumulates in fp32 and computes fp16, bf16 and fp32 tensors with head_dim <= 256.
 // No atomics: each output element is written by exactly one thread, and the global backward's
@@ -17,8 +17,9 @@ namespace logo_attn::cuda {
 
 constexpr int64_t kMaxHeadDim = 256;
 
+// Shifted windows and the bias table as kernel_args.h describes them (fp32, the accumulation type).
 cudaError_t local_attn_fwd(const AttnArgs& a, cudaStream_t stream);
-// Needs a.delta: (B, heads, N) fp32 scratch.
+// Needs a.delta: (B, heads, N) fp32 scratch; with a.dbias, a.dbias_partial too (kernel_args.h).
 cudaError_t local_attn_bwd(const AttnArgs& a, cudaStream_t stream);
 
 cudaError_t global_attn_fwd(const AttnArgs& a, cudaStream_t stream);

@@ -7,8 +7,11 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <optional>
 #include <tuple>
+#include <vector>
 
+#include "../capabilities.h"
 #include "../op_args.h"
 #include "kernels.h"
 
@@ -17,6 +20,7 @@ namespace {
 
 constexpr Computed kComputed = {at::kHalf, at::kBFloat16, at::kFloat};
 constexpr const char* kKernels = "CUDA";
+const DeclareCapability kCapability("cuda", {std::vector<at::ScalarType>(kComputed), cuda::kMaxHeadDim});
 
 void check_launch(const char* op, cudaError_t error) {
   TORCH_CHECK(error == cudaSuccess, op, ": CUDA kernel failed to launch: ", cudaGetErrorString(error));
@@ -37,27 +41,33 @@ at::Tensor delta_scratch(AttnCall& c) {
 cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream(); }
 
 std::tuple<at::Tensor, at::Tensor> local_attn_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                                  c10::IntArrayRef grid, c10::IntArrayRef window, double scale) {
+                                                  c10::IntArrayRef grid, c10::IntArrayRef window,
+                                                  c10::IntArrayRef shift, const std::optional<at::Tensor>& bias,
+                                                  double scale) {
   const char* op = "local_attn_fwd";
   const c10::cuda::CUDAGuard guard(q.device());
-  const Windows w = local_windows(op, q, grid, window);
+  const Windows w = local_windows(op, q, grid, window, shift);
   AttnCall c = attention_fwd_call(op, kComputed, kKernels, q, k, v, scale, &w);
   check_head_dim(op, c);
+  if (bias) attach_bias(op, c, *bias, w);
   check_launch(op, cuda::local_attn_fwd(c.args, stream()));
   return {c.out, c.lse};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> local_attn_bwd(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> local_attn_bwd(
     const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
-    const at::Tensor& lse, c10::IntArrayRef grid, c10::IntArrayRef window, double scale) {
+    const at::Tensor& lse, c10::IntArrayRef grid, c10::IntArrayRef window, c10::IntArrayRef shift,
+    const std::optional<at::Tensor>& bias, double scale, bool bias_grad) {
   const char* op = "local_attn_bwd";
   const c10::cuda::CUDAGuard guard(q.device());
-  const Windows w = local_windows(op, q, grid, window);
-  AttnCall c = attention_bwd_call(op, kComputed, kKernels, dout, q, k, v, out, lse, scale, &w);
+  const Windows w = local_windows(op, q, grid, window, shift);
+  AttnCall c = attention_bwd_call(op, kComputed, kKernels, dout, q, k, v, out, lse, scale, &w, ReadsOut::yes);
   check_head_dim(op, c);
+  if (bias) attach_bias(op, c, *bias, w);
+  if (bias && bias_grad) attach_bias_grad(c, w);
   const at::Tensor delta = delta_scratch(c);
   check_launch(op, cuda::local_attn_bwd(c.args, stream()));
-  return {c.dq, c.dk, c.dv};
+  return {c.dq, c.dk, c.dv, bias_grad_output(c, bias)};
 }
 
 std::tuple<at::Tensor, at::Tensor> global_attn_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -76,7 +86,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> global_attn_bwd(const at::Tensor&
                                                                double scale) {
   const char* op = "global_attn_bwd";
   const c10::cuda::CUDAGuard guard(q.device());
-  AttnCall c = attention_bwd_call(op, kComputed, kKernels, dout, q, k, v, out, lse, scale, nullptr);
+  AttnCall c = attention_bwd_call(op, kComputed, kKernels, dout, q, k, v, out, lse, scale, nullptr, ReadsOut::yes);
   check_head_dim(op, c);
   const at::Tensor delta = delta_scratch(c);
   AttnArgs& a = c.args;

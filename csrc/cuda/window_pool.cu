@@ -8,13 +8,20 @@ namespace {
 
 constexpr int kThreads = 256;
 
+// Pooling windows are never shifted.
+__host__ __device__ __forceinline__ WindowPartition pool_windows(const PoolArgs& a) {
+  const int64_t no_shift[3] = {0, 0, 0};
+  return WindowPartition(a.grid, a.window, no_shift);
+}
+
 // out[b, m, c] = mean over window m's tokens n of x[b, n, c].
 template <typename T> __global__ void __launch_bounds__(kThreads) window_pool_fwd_kernel(const PoolArgs a) {
-  const int64_t windows = Window::count(a.grid, a.window);
+  const WindowPartition partition = pool_windows(a);
+  const int64_t windows = partition.windows();
   const int64_t x = int64_t(blockIdx.x) * kThreads + threadIdx.x;
   if (x >= a.batch * windows * a.channels) return;
   const int64_t c = x % a.channels, m = x / a.channels % windows, b = x / a.channels / windows;
-  const Window w(a.grid, a.window, m);
+  const Window w(partition, m);
   const T* in = static_cast<const T*>(a.in) + b * a.in_batch_stride + c;
   float sum = 0.f;
   for (int64_t i = 0; i < w.tokens(); ++i) sum += to_float(in[w.token(i) * a.in_token_stride]);
@@ -28,9 +35,9 @@ template <typename T> __global__ void __launch_bounds__(kThreads) window_pool_bw
   if (x >= a.batch * tokens * a.channels) return;
   const int64_t c = x % a.channels, n = x / a.channels % tokens, b = x / a.channels / tokens;
   const int64_t coord[3] = {n / (a.grid[1] * a.grid[2]), n / a.grid[2] % a.grid[1], n % a.grid[2]};
-  int64_t m = 0;
-  for (int axis = 0; axis < 3; ++axis) m = m * ceil_div(a.grid[axis], a.window[axis]) + coord[axis] / a.window[axis];
-  const Window w(a.grid, a.window, m);
+  const WindowPartition partition = pool_windows(a);
+  const int64_t m = partition.window_of(coord);
+  const Window w(partition, m);
   const T* dout = static_cast<const T*>(a.in) + b * a.in_batch_stride + m * a.in_token_stride + c;
   static_cast<T*>(a.out)[x] = from_float<T>(to_float(*dout) / float(w.tokens()));
 }
@@ -40,7 +47,7 @@ template <typename T> __global__ void __launch_bounds__(kThreads) window_pool_bw
 cudaError_t window_pool_fwd(const PoolArgs& a, cudaStream_t stream) {
   return dispatch_dtype(a.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    const int64_t elements = a.batch * Window::count(a.grid, a.window) * a.channels;
+    const int64_t elements = a.batch * pool_windows(a).windows() * a.channels;
     return launch<kThreads>(window_pool_fwd_kernel<T>, ceil_div(elements, kThreads), 0, stream, a);
   });
 }

@@ -29,8 +29,7 @@ def local_attn_fwd(
     q: Tensor, k: Tensor, v: Tensor, grid: Sequence[int], window: Sequence[int], shift: Sequence[int],
     bias: Optional[Tensor], scale: float, backend: str,
 ) -> tuple[Tensor, Tensor]:
-    module = backends.module_for(backend, q, shift_bias=bias is not None or any(shift))
-    return module.local_attn_fwd(q, k, v, grid, window, shift, bias, scale)
+    return backends.module_for(backend, q).local_attn_fwd(q, k, v, grid, window, shift, bias, scale)
 
 
 @local_attn_fwd.register_fake
@@ -44,8 +43,7 @@ def local_attn_bwd(
     window: Sequence[int], shift: Sequence[int], bias: Optional[Tensor], scale: float, bias_grad: bool, backend: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(dq, dk, dv, dbias); dbias is an empty tensor unless `bias` is given and `bias_grad` is set."""
-    module = backends.module_for(backend, q, shift_bias=bias is not None or any(shift))
-    dq, dk, dv, dbias = module.local_attn_bwd(dout, q, k, v, out, lse, grid, window, shift, bias, scale, bias_grad)
+    dq, dk, dv, dbias = backends.module_for(backend, q).local_attn_bwd(dout, q, k, v, out, lse, grid, window, shift, bias, scale, bias_grad)
     return dq, dk, dv, q.new_empty(0) if dbias is None else dbias
 
 
