@@ -402,12 +402,12 @@ def run_case(case: Case, modes: Sequence[str], device, threads: int, min_run_tim
     return list(rows.values())
 
 
-def default_backends(device: torch.device, dtype: torch.dtype, head_dim: int, shift_bias: bool = False) -> list[str]:
+def default_backends(device: torch.device, dtype: torch.dtype, head_dim: int) -> list[str]:
     """Every backend that runs natively on `device` here for these inputs, as the dispatcher decides
     (Triton's CPU interpreter is too slow to time)."""
     return [name for name in ("triton", "cuda", "cpu", "torch")
             if not (name == "triton" and device.type == "cpu")
-            and backends.why_not(name, device.type, dtype, head_dim, shift_bias) is None]
+            and backends.why_not(name, device.type, dtype, head_dim) is None]
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -472,8 +472,7 @@ def cases(args: argparse.Namespace) -> Iterator[Case]:
     if "swin" in args.ops:
         swin_peers = [name for name in peer_names if name in SWIN_PEERS]
         for shape in args.swin_shapes:
-            # the cpu and cuda backends join these rows once they declare shifted windows and the bias
-            swin_backends = args.backend or default_backends(device, dtype, shape.head_dim, shift_bias=True)
+            swin_backends = args.backend or default_backends(device, dtype, shape.head_dim)
             for variant in args.swin_variants:
                 torch.manual_seed(args.seed)
                 yield swin_case(args, shape, variant, swin_backends, swin_peers, device, dtype)
