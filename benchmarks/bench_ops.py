@@ -1,30 +1,36 @@
 """Time logo_attn's ops and layer against the peers a user would write, in one run.
 
-For each op (local_attention, global_attention, window_pool) and the whole LocalGlobalAttention
-layer, every implementation (the op on each selected backend, then the peers of `benchmarks.peers`)
-is first checked against the float64 PyTorch reference (output and gradients), then timed forward,
-backward and forward+backward: median with 20/80 percentiles, achieved TFLOP/s (FLOPs from
-`logo_attn.flops`, the formulas the ops register; for the layer, FlopCounterMode's count of the same
-layer), achieved GB/s (each input read once, each output written once), the fraction of the device's
-roofline where it is known (`benchmarks.environment.ROOFLINES`), and peak memory. `t/t_op` compares a row with the first
-implementation (the op on the first backend) in the same run: above 1, the op is faster. On CPU the
-implementations of a case are timed in alternating rounds and `t/t_op` is the median of the
+For each op (local_attention, global_attention, window_pool), the whole LocalGlobalAttention
+layer, and Swin's W-MSA / SW-MSA (local_attention with shift and relative-position bias, against
+MONAI's eager window attention and FlexAttention, at Video-Swin-T's and Swin-UNETR's stages), every
+implementation (the op on each selected backend, then the peers of `benchmarks.peers`) is first
+checked against the float64 PyTorch reference (output and gradients), then timed forward, backward
+and forward+backward: median with 20/80 percentiles, achieved TFLOP/s (FLOPs from `logo_attn.flops`,
+the formulas the ops register; for the layer, FlopCounterMode's count of the same layer), achieved
+GB/s (each input read once, each output written once), the fraction of the device's roofline where
+it is known (`benchmarks.environment.ROOFLINES`), and peak memory. `t/t_op` compares a row with the
+first implementation (the op on the first backend) in the same run: above 1, the op is faster. On
+CPU the implementations of a case are timed in alternating rounds and `t/t_op` is the median of the
 per-round ratios, so a change in the machine's load during the run does not favour one of them.
 
     python benchmarks/bench_ops.py                       # CPU preset: issue #4 shape, fp32, 2 threads
     python benchmarks/bench_ops.py --preset gpu          # bf16, B=32, grids 16x7x7 and 16x14x14
     python benchmarks/bench_ops.py --backend cpu torch --ops local --modes fwdbwd --grid 16x14x14
+    python benchmarks/bench_ops.py --ops swin --swin-variants SW-MSA --modes fwdbwd --min-run-time 0.1
 
-Results go to benchmarks/results/bench_ops_<device>.json and .csv (override with --out).
+Results go to benchmarks/results/bench_ops_<device>.json and .csv (override with --out). The same
+cases run as pytest-benchmark tests (`pytest benchmarks --benchmark-only`, benchmarks/test_bench_ops.py),
+built by `cases` below; this script keeps the alternating rounds that the ratios need.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,28 +48,41 @@ from benchmarks.results import table, write_results
 from benchmarks.timing import measure_many, paired_ratio, peak_memory
 from logo_attn import backends
 from logo_attn.flops import attention_flops
-from logo_attn.geometry import attended_pairs, clip_window, num_windows
+from logo_attn.geometry import NO_SHIFT, attended_pairs, bias_table_shape, clip_shift, clip_window, num_windows
 
 MODES = ("fwd", "bwd", "fwdbwd")
-OPS = ("local", "global", "pool", "layer")
+MODE_LABELS = {"fwd": "fwd", "bwd": "bwd", "fwdbwd": "fwd+bwd"}
+OPS = ("local", "global", "pool", "layer", "swin")
 LOCAL_PEERS = ("partition_sdpa", "flex", "masked_full")
 GLOBAL_PEERS = ("sdpa",)
 POOL_PEERS = ("avg_pool3d", "partition_mean")
 LAYER_PEERS = ("sdpa_layer",)
-PEERS = LOCAL_PEERS + GLOBAL_PEERS + POOL_PEERS + LAYER_PEERS
+SWIN_PEERS = ("monai_eager", "flex")  # flex: the same peer name as the local op's
+PEERS = LOCAL_PEERS + GLOBAL_PEERS + POOL_PEERS + LAYER_PEERS + ("monai_eager",)
+
+# The swin rows: local_attention with relative-position bias, as W-MSA (no shift) and SW-MSA (shift
+# window // 2 on every axis the window does not cover whole), at these stages, as
+# "FxHxW:fxhxw:HEADSxHEAD_DIM" (the same syntax --swin-shapes takes for other shapes).
+SWIN_SHAPES = {
+    "video-swin-t": "8x56x56:8x7x7:3x32",  # Video-Swin-T's first stage (C = 96)
+    "swin-unetr": "32x32x32:7x7x7:3x16",  # a Swin-UNETR stage (feature size 48); 7 does not divide 32
+}
+SWIN_VARIANTS = ("W-MSA", "SW-MSA")
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+DTYPE_LABELS = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}
 # Largest relative error (||x - ref|| / ||ref|| against float64) accepted before a row is timed:
 # fp32 sums in another order stay near 1e-6; half precision rounds every stored value (bf16: 8 bits).
 CHECK_TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 4e-2}
 
 PRESETS = {
-    # issue #4's CPU target shape
+    # issue #4's CPU target shape; the Swin stages at batch 1 (on 2 cores one fwd+bwd of MONAI's eager
+    # attention takes about a second there, and the float64 reference check several)
     "cpu": dict(device="cpu", dtype="float32", batch=4, grids=["16x7x7"], window="2x7x7", heads=8, head_dim=64,
-                global_keys=None, threads=2),
-    # issue #3/#7's GPU target shapes; Nk = 8..128 for the global op
+                global_keys=None, threads=2, swin_shapes=list(SWIN_SHAPES), swin_batch=1),
+    # issue #3/#7's GPU target shapes; Nk = 8..128 for the global op; the Swin stages at batch 8
     "gpu": dict(device="cuda", dtype="bfloat16", batch=32, grids=["16x7x7", "16x14x14"], window="2x7x7", heads=8,
-                head_dim=64, global_keys=[8, 32, 128], threads=None),
+                head_dim=64, global_keys=[8, 32, 128], threads=None, swin_shapes=list(SWIN_SHAPES), swin_batch=8),
 }
 
 
@@ -72,6 +91,28 @@ def parse_triple(text: str) -> tuple[int, int, int]:
     if len(parts) != 3 or min(parts) < 1:
         raise argparse.ArgumentTypeError(f"expected FxHxW with positive ints, e.g. 16x7x7, got {text!r}")
     return parts
+
+
+@dataclass(frozen=True)
+class SwinShape:
+    grid: tuple[int, int, int]
+    window: tuple[int, int, int]  # as configured, before clipping to the grid
+    heads: int
+    head_dim: int
+
+
+def parse_swin_shape(text: str) -> SwinShape:
+    """A name of SWIN_SHAPES or "FxHxW:fxhxw:HEADSxHEAD_DIM", e.g. 8x56x56:8x7x7:3x32."""
+    spec = SWIN_SHAPES.get(text, text)
+    try:
+        grid, window, heads = spec.split(":")
+        heads, head_dim = (int(n) for n in heads.lower().split("x"))
+        if min(heads, head_dim) < 1:
+            raise ValueError
+        return SwinShape(parse_triple(grid), parse_triple(window), heads, head_dim)
+    except (ValueError, argparse.ArgumentTypeError):
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(SWIN_SHAPES)} or FxHxW:fxhxw:HEADSxHEAD_DIM, "
+                                         f"got {text!r}") from None
 
 
 @dataclass
@@ -86,12 +127,38 @@ class Impl:
 
 @dataclass
 class Case:
+    """One op at one shape: its implementations, the float64 reference they are checked against, and
+    the FLOPs and bytes per mode. `name` is the --ops name (plus the variant where an op has several)."""
+
+    name: str
     op: str
     shape: dict
+    dtype: torch.dtype
     impls: list[Impl]
     reference: Impl  # float64, PyTorch reference backend
     flops: dict[str, int | None]
     bytes: dict[str, int | None] = field(default_factory=lambda: dict.fromkeys(MODES))
+
+    def label(self, mode: str) -> str:
+        """The case and mode in one line, e.g. 'local fwd+bwd B4 16x7x7 w2x7x7 8x64 fp32' (pytest-benchmark's group)."""
+        shape = self.shape
+        parts = [self.name, MODE_LABELS[mode], f"B{shape['batch']}", "x".join(map(str, shape["grid"]))]
+        if shape["window"]:
+            parts.append("w" + "x".join(map(str, shape["window"])))
+        if any(shape.get("shift") or ()):
+            parts.append("s" + "x".join(map(str, shape["shift"])))
+        if shape["keys"]:
+            parts.append(f"Nk{shape['keys']}")
+        parts.append(f"{shape['heads']}x{shape['head_dim']}" if shape["heads"] else f"C{shape['head_dim']}")
+        return " ".join([*parts, DTYPE_LABELS[self.dtype]])
+
+    @functools.cached_property
+    def expected(self) -> tuple[Tensor, tuple[Tensor, ...], Tensor]:
+        """The float64 reference's output, its gradients for a random output gradient, and that gradient."""
+        torch.manual_seed(1)
+        out = self.reference.fn()
+        dout = torch.randn_like(out)
+        return out, torch.autograd.grad(out, self.reference.leaves, dout), dout
 
 
 def _fwdbwd(fwd: int | None, bwd: int | None) -> dict[str, int | None]:
@@ -135,7 +202,8 @@ def local_case(args, grid, backend_names, peer_names, device, dtype) -> Case:
     (qkv64,) = _float64([qkv])
     pairs = attended_pairs(grid, window)
     return Case(
-        "local_attention", dict(batch=B, grid=grid, window=window, heads=heads, head_dim=d, keys=None), impls,
+        "local", "local_attention", dict(batch=B, grid=grid, window=window, heads=heads, head_dim=d, keys=None), dtype,
+        impls,
         Impl("reference[fp64]", op("torch", qkv64), [qkv64]),
         _fwdbwd(attention_flops(pairs, B, heads, d), attention_flops(pairs, B, heads, d, backward=True)),
         _attention_bytes(B, tokens, tokens, heads, d, dtype),
@@ -156,7 +224,8 @@ def global_case(args, grid, keys, backend_names, peer_names, device, dtype) -> C
         impls.append(Impl("sdpa", lambda: peers.sdpa_global(q, *kv.unbind(2)), [q, kv]))
     q64, kv64 = _float64([q, kv])
     return Case(
-        "global_attention", dict(batch=B, grid=grid, window=None, heads=heads, head_dim=d, keys=keys), impls,
+        "global", "global_attention", dict(batch=B, grid=grid, window=None, heads=heads, head_dim=d, keys=keys), dtype,
+        impls,
         Impl("reference[fp64]", op("torch", q64, kv64), [q64, kv64]),
         _fwdbwd(attention_flops(tokens * keys, B, heads, d), attention_flops(tokens * keys, B, heads, d, backward=True)),
         _attention_bytes(B, tokens, keys, heads, d, dtype),
@@ -178,8 +247,9 @@ def pool_case(args, grid, backend_names, peer_names, device, dtype) -> Case:
         impls.append(Impl("partition+mean", lambda: peers.partition_mean(x, grid, window), [x]))
     (x64,) = _float64([x])
     moved = (B * tokens * C + B * windows * C) * dtype.itemsize  # read x, write the means (and the reverse)
-    return Case("window_pool", dict(batch=B, grid=grid, window=window, heads=None, head_dim=C, keys=None), impls,
-                Impl("reference[fp64]", op("torch", x64), [x64]), _fwdbwd(None, None), _fwdbwd(moved, moved))
+    return Case("pool", "window_pool", dict(batch=B, grid=grid, window=window, heads=None, head_dim=C, keys=None),
+                dtype, impls, Impl("reference[fp64]", op("torch", x64), [x64]), _fwdbwd(None, None),
+                _fwdbwd(moved, moved))
 
 
 def layer_flops(dim, heads, window, prefix, batch, grid) -> dict[str, int]:
@@ -213,11 +283,46 @@ def layer_case(args, grid, backend_names, peer_names, device, dtype) -> Case:
         user.load_state_dict(layer.state_dict())
         impls.append(Impl("layer(partition+sdpa, avg_pool3d, sdpa)", *variant(user)))
     (x64,) = _float64([x])
+    window = clip_window(grid, args.window)
     return Case(
-        "LocalGlobalAttention", dict(batch=B, grid=grid, window=clip_window(grid, args.window), heads=heads,
-                                     head_dim=args.head_dim, keys=P + math.prod(num_windows(grid, clip_window(grid, args.window)))),
-        impls, Impl("reference[fp64]", *variant(layer, "torch", x64)),
+        "layer", "LocalGlobalAttention", dict(batch=B, grid=grid, window=window, heads=heads, head_dim=args.head_dim,
+                                              keys=P + math.prod(num_windows(grid, window))),
+        dtype, impls, Impl("reference[fp64]", *variant(layer, "torch", x64)),
         layer_flops(C, heads, args.window, P, B, grid),
+    )
+
+
+def swin_case(args, shape: SwinShape, variant: str, backend_names, peer_names, device, dtype) -> Case:
+    """Swin's window attention with relative-position bias: the op alone on qkv views, against the
+    eager attention MONAI's SwinTransformerBlock runs and compiled FlexAttention (same block mask,
+    the bias as a score_mod). The bias table is a leaf, so backward computes its gradient too."""
+    B, heads, d = args.swin_batch, shape.heads, shape.head_dim
+    grid, window = shape.grid, clip_window(shape.grid, shape.window)
+    shift = NO_SHIFT if variant == "W-MSA" else clip_shift(grid, shape.window, [w // 2 for w in shape.window])
+    qkv = _randn(B, math.prod(grid), 3, heads, d, device=device, dtype=dtype)
+    table = _randn(heads, *bias_table_shape(shape.window), device=device, dtype=dtype)
+
+    def op(backend, packed=qkv, table=table):
+        return lambda: logo_attn.local_attention(*packed.unbind(2), grid, shape.window, shift=shift, bias=table,
+                                                 backend=backend)
+
+    impls = [Impl(f"op[{b}]", op(b), [qkv, table]) for b in backend_names]
+    if "monai_eager" in peer_names:
+        impls.append(Impl("monai eager", lambda: peers.monai_eager_window_attention(*qkv.unbind(2), grid, window,
+                                                                                    shift, table), [qkv, table]))
+    if "flex" in peer_names:
+        flex = peers.FlexLocalAttention(grid, window, device, shift, table)
+        packed = qkv if flex.has_backward else qkv.detach()
+        impls.append(Impl("flex(compiled)", lambda: flex(*packed.unbind(2)), [qkv, table],
+                          None if flex.has_backward else "FlexAttention has no backward on CPU"))
+    qkv64, table64 = _float64([qkv, table])
+    pairs = attended_pairs(grid, window, shift)
+    return Case(
+        f"swin {variant}", "local_attention+bias",
+        dict(batch=B, grid=grid, window=window, shift=shift, heads=heads, head_dim=d, keys=None), dtype, impls,
+        Impl("reference[fp64]", op("torch", qkv64, table64), [qkv64, table64]),
+        _fwdbwd(attention_flops(pairs, B, heads, d), attention_flops(pairs, B, heads, d, backward=True)),
+        _attention_bytes(B, math.prod(grid), math.prod(grid), heads, d, dtype),
     )
 
 
@@ -237,10 +342,12 @@ def forward_backward(impl: Impl, dout: Tensor | None) -> tuple[Tensor, tuple[Ten
     return out, torch.autograd.grad(out, impl.leaves, dout.to(out.dtype))
 
 
-def check(impl: Impl, expected: tuple[Tensor, tuple[Tensor, ...]], dout: Tensor, tol: float) -> float:
-    """Largest relative error of the output and gradients against the float64 reference; raises above `tol`."""
+def check(impl: Impl, case: Case) -> float:
+    """Largest relative error of the output and gradients against the float64 reference; raises above
+    the case dtype's tolerance."""
+    ref_out, ref_grads, dout = case.expected
     out, grads = forward_backward(impl, dout)
-    ref_out, ref_grads = expected
+    tol = CHECK_TOLERANCE[case.dtype]
     errors = [relative_error(out, ref_out)] + [relative_error(g, r) for g, r in zip(grads, ref_grads)]
     worst = max(errors)
     if not worst <= tol:  # NaN fails too
@@ -257,18 +364,15 @@ def mode_fn(impl: Impl, mode: str, dout: Tensor) -> Callable[[], object]:
     return lambda: torch.autograd.grad(impl.fn(), impl.leaves, dout)
 
 
-def run_case(case: Case, modes: Sequence[str], device, dtype, threads: int, min_run_time: float,
+def run_case(case: Case, modes: Sequence[str], device, threads: int, min_run_time: float,
              roof: Roofline | None) -> list[dict]:
     """Check every implementation, then time those that passed, mode by mode (interleaved on CPU)."""
-    torch.manual_seed(1)
-    reference_out = case.reference.fn()
-    dout64 = torch.randn_like(reference_out)
-    expected = (reference_out, torch.autograd.grad(reference_out, case.reference.leaves, dout64))
-    dout = dout64.to(dtype)
+    dtype = case.dtype
+    dout = case.expected[2].to(dtype)
     rows = {}
     for impl in case.impls:
         try:
-            error, status = check(impl, expected, dout64, CHECK_TOLERANCE[dtype]), "ok"
+            error, status = check(impl, case), "ok"
         except Exception as exc:  # noqa: BLE001  (a failing implementation becomes a row, not a crash)
             error, status = None, f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
         for mode in modes:
@@ -298,15 +402,12 @@ def run_case(case: Case, modes: Sequence[str], device, dtype, threads: int, min_
     return list(rows.values())
 
 
-def default_backends(device: torch.device) -> list[str]:
-    """Every backend that runs natively on `device` here (Triton's CPU interpreter is too slow to time)."""
-    names = []
-    for name in ("triton", "cuda", "cpu", "torch"):
-        if backends.why_not(name, device.type, torch.float32, 64) is None:
-            if name == "triton" and device.type == "cpu":
-                continue
-            names.append(name)
-    return names
+def default_backends(device: torch.device, dtype: torch.dtype, head_dim: int) -> list[str]:
+    """Every backend that runs natively on `device` here for these inputs, as the dispatcher decides
+    (Triton's CPU interpreter is too slow to time)."""
+    return [name for name in ("triton", "cuda", "cpu", "torch")
+            if not (name == "triton" and device.type == "cpu")
+            and backends.why_not(name, device.type, dtype, head_dim) is None]
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -327,6 +428,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--global-keys", type=int, nargs="+",
                         help="key counts Nk of the global op (default: the number of windows)")
     parser.add_argument("--prefix", type=int, default=1, help="prefix (CLS) tokens of the layer rows")
+    parser.add_argument("--swin-shapes", nargs="+", type=parse_swin_shape, metavar="SHAPE",
+                        help=f"stages of the swin rows: {', '.join(SWIN_SHAPES)} or FxHxW:fxhxw:HEADSxHEAD_DIM "
+                             "(default: the preset's)")
+    parser.add_argument("--swin-variants", nargs="+", choices=SWIN_VARIANTS, default=list(SWIN_VARIANTS))
+    parser.add_argument("--swin-batch", type=int, help="batch of the swin rows (default: the preset's)")
     parser.add_argument("--threads", type=int, help="CPU threads (default: the preset's, else all cores)")
     parser.add_argument("--min-run-time", type=float, default=1.0, help="seconds of samples per CPU timing")
     parser.add_argument("--seed", type=int, default=0)
@@ -340,21 +446,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             setattr(args, key, value)
     args.grids = [parse_triple(g) if isinstance(g, str) else g for g in args.grids]
     args.window = parse_triple(args.window) if isinstance(args.window, str) else args.window
+    args.swin_shapes = [parse_swin_shape(s) if isinstance(s, str) else s for s in args.swin_shapes]
     args.threads = args.threads or torch.get_num_threads()
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> list[dict]:
-    args = parse_args(argv)
+def cases(args: argparse.Namespace) -> Iterator[Case]:
+    """Every case the arguments select, built one at a time (seeded, so the same arguments give the
+    same tensors): bench_ops.py times them, benchmarks/test_bench_ops.py turns them into tests."""
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
-    if device.type == "cpu":
-        torch.set_num_threads(args.threads)
-    names = args.backend or default_backends(device)
+    names = args.backend or default_backends(device, dtype, args.head_dim)
     peer_names = PEERS if args.peers is None else args.peers
-    env = environment(device, args.threads if device.type == "cpu" else None)
-    print(header_line(env), flush=True)
-    roof = roofline_for(env["device"])
-
     builders = {
         "local": lambda g: [local_case(args, g, names, peer_names, device, dtype)],
         "global": lambda g: [global_case(args, g, nk, names, peer_names, device, dtype)
@@ -362,14 +464,33 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         "pool": lambda g: [pool_case(args, g, names, peer_names, device, dtype)],
         "layer": lambda g: [layer_case(args, g, names, peer_names, device, dtype)],
     }
-    rows = []
     for grid in args.grids:
         for op in args.ops:
-            torch.manual_seed(args.seed)
-            for case in builders[op](grid):
-                case_rows = run_case(case, args.modes, device, dtype, args.threads, args.min_run_time, roof)
-                print_rows(case_rows)
-                rows += case_rows
+            if op != "swin":
+                torch.manual_seed(args.seed)
+                yield from builders[op](grid)
+    if "swin" in args.ops:
+        swin_peers = [name for name in peer_names if name in SWIN_PEERS]
+        for shape in args.swin_shapes:
+            swin_backends = args.backend or default_backends(device, dtype, shape.head_dim)
+            for variant in args.swin_variants:
+                torch.manual_seed(args.seed)
+                yield swin_case(args, shape, variant, swin_backends, swin_peers, device, dtype)
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict]:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
+    env = environment(device, args.threads if device.type == "cpu" else None)
+    print(header_line(env), flush=True)
+    roof = roofline_for(env["device"])
+    rows = []
+    for case in cases(args):
+        case_rows = run_case(case, args.modes, device, args.threads, args.min_run_time, roof)
+        print_rows(case_rows)
+        rows += case_rows
 
     config = {key: value for key, value in vars(args).items() if key != "out"}
     prefix = args.out or ROOT / "benchmarks" / "results" / f"bench_ops_{device_tag(device)}"
@@ -380,7 +501,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
 
 def print_rows(rows: Sequence[dict]) -> None:
     first = rows[0]
-    shape = ", ".join(f"{k}={first[k]}" for k in ("batch", "grid", "window", "heads", "head_dim", "keys") if first[k])
+    shape = ", ".join(f"{k}={first[k]}" for k in ("batch", "grid", "window", "shift", "heads", "head_dim", "keys")
+                      if first.get(k))
     print(f"\n{first['op']} ({shape}, {first['dtype']}); t/t_op = time / time of {first['impl']} in the same run "
           "(>1: op faster)")
     cells = [

@@ -5,7 +5,7 @@
 #
 #   benchmarks/gpu_check.sh <outdir> [phase ...]
 #
-# Phases, in order (default: all): env build test large determinism bench sanitize
+# Phases, in order (default: all): env build test large determinism bench bench_pytest sanitize
 #   env          nvidia-smi, driver, nvcc, torch/triton versions, commit, measured copy/matmul ceilings
 #   build        pip install --no-build-isolation -e . with LOGO_ATTN_FORCE_CPP=1 LOGO_ATTN_FORCE_CUDA=1,
 #                then asserts that logo_attn._C loaded with its CUDA kernels
@@ -18,6 +18,8 @@
 #   bench_ops    bench_ops.py --preset gpu: ops and layer against their peers, bf16, B=32, 16x7x7 and 16x14x14
 #   bench_sweep  flops_vs_timesformer.py on CUDA, bf16, batch 8, the whole sweep
 #   bench_model  bench_model.py: LOGOFormer vs divided/full/spatial training steps, batch 32, 112 and 224 px
+#   bench_pytest the pytest-benchmark suite on the GPU preset with --benchmark-disable: every op, peer and
+#                mode runs once on CUDA and is checked against float64 (a smoke run; bench_ops times them)
 #   sanitize     compute-sanitizer memcheck over the CUDA-extension tests (ids "cuda-cuda"),
 #                racecheck over its local/global attention tests
 # Every step has a time limit (seconds; override with the variables below), and GPU_CHECK_DEADLINE
@@ -37,9 +39,9 @@
 # LARGE_K, DETERMINISM_K (pytest -k expressions), and the per-step limits below.
 set -uo pipefail
 
-OUTDIR=${1:?usage: benchmarks/gpu_check.sh <outdir> [env build test large determinism bench sanitize]}
+OUTDIR=${1:?usage: benchmarks/gpu_check.sh <outdir> [env build test large determinism bench bench_pytest sanitize]}
 shift
-PHASES=${*:-env build test large determinism bench sanitize}
+PHASES=${*:-env build test large determinism bench bench_pytest sanitize}
 mkdir -p "$OUTDIR"
 OUTDIR=$(cd "$OUTDIR" && pwd)
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 99
@@ -56,6 +58,7 @@ RESERVE=15  # seconds kept for the summary and the archive
 T_BUILD=${T_BUILD:-300} T_TEST=${T_TEST:-420} T_LARGE=${T_LARGE:-180} T_DET=${T_DET:-120}
 T_MEMCHECK=${T_MEMCHECK:-300} T_RACECHECK=${T_RACECHECK:-150}
 T_BENCH_OPS=${T_BENCH_OPS:-300} T_BENCH_SWEEP=${T_BENCH_SWEEP:-240} T_BENCH_MODEL=${T_BENCH_MODEL:-150}
+T_BENCH_PYTEST=${T_BENCH_PYTEST:-240}
 
 SUMMARY=$OUTDIR/summary.md
 [ -f "$SUMMARY" ] || printf '| step | exit | seconds | log |\n|---|---:|---:|---|\n' >"$SUMMARY"
@@ -176,6 +179,11 @@ phase_bench_model() {
         --sizes 112 224 --out "$OUTDIR/bench_model"
 }
 
+phase_bench_pytest() {
+    step bench_pytest "$T_BENCH_PYTEST" "$PY" -m pytest benchmarks --benchmark-disable -q -ra -p no:cacheprovider \
+        --bench-ops-args="--preset gpu" --junitxml="$OUTDIR/bench_pytest.xml"
+}
+
 phase_bench() {
     phase_bench_ops
     phase_bench_sweep
@@ -184,10 +192,10 @@ phase_bench() {
 
 for phase in $PHASES; do
     case $phase in
-        env | build | test | large | determinism | bench | bench_ops | bench_sweep | bench_model | sanitize)
+        env | build | test | large | determinism | bench | bench_ops | bench_sweep | bench_model | bench_pytest | sanitize)
             "phase_$phase" ;;
         *) echo "unknown phase '$phase' (env build test large determinism bench bench_ops bench_sweep bench_model" \
-               "sanitize)"; FAILED=$((FAILED + 1)) ;;
+               "bench_pytest sanitize)"; FAILED=$((FAILED + 1)) ;;
     esac
 done
 

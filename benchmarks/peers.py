@@ -6,6 +6,10 @@ contiguous output, so every layout copy a user would pay is inside the timed cal
 - local attention: `partition_sdpa` (pad + window partition copies + ``F.scaled_dot_product_attention``
   + un-partition), `FlexLocalAttention` (compiled FlexAttention with the block mask built once and
   cached), `masked_full_sdpa` (SDPA over all N tokens with a dense N x N window mask);
+- Swin's W-MSA / SW-MSA with relative-position bias: `monai_eager_window_attention` (what MONAI's
+  SwinTransformerBlock computes in training: pad, roll, partition, matmul + gathered bias + region
+  mask, softmax, matmul, un-partition, roll back) and `FlexLocalAttention` with the shift and a
+  score_mod that adds the bias;
 - global attention: `sdpa_global` (SDPA on transposed views);
 - window pooling: `avg_pool3d_pool` (permute to (B, C, F, H, W) + ``F.avg_pool3d``) and
   `partition_mean` (window partition + mean);
@@ -23,19 +27,17 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from logo_attn import LocalGlobalAttention
-from logo_attn.geometry import clip_window
-from logo_attn.reference import window_partition, window_token_mask, window_unpartition
+from logo_attn.geometry import NO_SHIFT, axis_offset, clip_window, num_windows
+from logo_attn.reference import (relative_position_index, table_window, window_partition, window_token_mask,
+                                 window_unpartition)
 
 Grid = Sequence[int]
 
 
-def window_ids(grid: Grid, window: Grid, device: torch.device | str | None = None) -> Tensor:
-    """(N,) int64: the row-major index of the window each grid token falls in."""
-    (Fg, Hg, Wg), (f, h, w) = grid, window
-    t = torch.arange(Fg, device=device) // f
-    y = torch.arange(Hg, device=device) // h
-    x = torch.arange(Wg, device=device) // w
-    nh, nw = -(-Hg // h), -(-Wg // w)
+def window_ids(grid: Grid, window: Grid, device: torch.device | str | None = None, shift: Grid = NO_SHIFT) -> Tensor:
+    """(N,) int64: the row-major index of the (possibly shifted) window each grid token falls in."""
+    t, y, x = ((torch.arange(g, device=device) + axis_offset(w, s)) // w for g, w, s in zip(grid, window, shift))
+    _, nh, nw = num_windows(grid, window, shift)
     return ((t[:, None, None] * nh + y[None, :, None]) * nw + x[None, None, :]).reshape(-1)
 
 
@@ -82,29 +84,155 @@ def _compiled_flex_attention():
     return torch.compile(flex_attention, dynamic=False)
 
 
-class FlexLocalAttention:
-    """Local attention with compiled FlexAttention; the block mask is built once here and reused.
+# Above this many tokens the block mask is built by the compiled create_block_mask, as PyTorch
+# advises: the eager one evaluates the mask on all N x N pairs at once (6 GB at Swin's 25k tokens).
+EAGER_BLOCK_MASK_TOKENS = 4096
 
-    FlexAttention has no backward on CPU (PyTorch raises NotImplementedError); `has_backward` says so.
+
+class FlexLocalAttention:
+    """Local attention with compiled FlexAttention: the (shifted) windows as a block mask, built on the
+    first call (so that building the benchmark cases, as pytest's collection does, stays cheap) and
+    reused, and an optional relative-position bias table added by a score_mod.
+
+    `window` is clipped and `shift` zeroed on clipped axes, as the op passes them to its backends;
+    `bias` is the op's (heads, 2f'-1, 2h'-1, 2w'-1) table. FlexAttention has no backward on CPU
+    (PyTorch raises NotImplementedError); `has_backward` says so.
     """
 
-    def __init__(self, grid: Grid, window: Grid, device: torch.device) -> None:
+    def __init__(self, grid: Grid, window: Grid, device: torch.device, shift: Grid = NO_SHIFT,
+                 bias: Tensor | None = None) -> None:
+        self.grid, self.window, self.shift, self.device = tuple(grid), tuple(window), tuple(shift), device
+        self.has_backward = torch.device(device).type != "cpu"
+        if bias is not None and not self.has_backward:
+            bias = bias.detach()  # a forward that records no graph, which is all CPU FlexAttention runs
+        self.score_mod = None if bias is None else _relative_position_score_mod(self.grid, bias)
+        self.attend = _compiled_flex_attention()
+
+    @functools.cached_property
+    def block_mask(self):
         from torch.nn.attention.flex_attention import create_block_mask
 
-        ids = window_ids(grid, window, device)
+        ids = window_ids(self.grid, self.window, self.device, self.shift)
         tokens = ids.numel()
 
         def same_window(b, h, q_idx, kv_idx):
             return ids[q_idx] == ids[kv_idx]
 
-        self.block_mask = create_block_mask(same_window, None, None, tokens, tokens, device=device)
-        self.has_backward = torch.device(device).type != "cpu"
-        self.attend = _compiled_flex_attention()
+        build = create_block_mask if tokens <= EAGER_BLOCK_MASK_TOKENS else torch.compile(create_block_mask)
+        return build(same_window, None, None, tokens, tokens, device=self.device)
 
     def __call__(self, q: Tensor, k: Tensor, v: Tensor, scale: float | None = None) -> Tensor:
-        out = self.attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=self.block_mask,
-                          scale=scale)
+        out = self.attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), score_mod=self.score_mod,
+                          block_mask=self.block_mask, scale=scale)
         return out.transpose(1, 2).contiguous()
+
+
+def _relative_position_score_mod(grid: tuple, table: Tensor):
+    """A score_mod adding ``table[h, dt + f'-1, dy + h'-1, dx + w'-1]`` for the (query - key) grid
+    offset (dt, dy, dx). The offsets are clamped to the table: FlexAttention evaluates the score_mod
+    on every pair of a partially masked block, and pairs of different windows, masked out after it,
+    can lie further apart than the table reaches."""
+    coords = [c.reshape(-1) for c in torch.meshgrid(*(torch.arange(g, device=table.device) for g in grid),
+                                                     indexing="ij")]
+    extents = table_window(table)
+
+    def add_bias(score, b, h, q_idx, kv_idx):
+        t, y, x = ((c[q_idx] - c[kv_idx] + e - 1).clamp(0, 2 * e - 2) for c, e in zip(coords, extents))
+        return score + table[h, t, y, x]
+
+    return add_bias
+
+
+# The value MONAI's compute_mask puts between tokens of different regions: exp(-100) vanishes in the softmax.
+SWIN_MASK_VALUE = -100.0
+
+
+def _swin_padded(grid: Grid, window: Grid) -> tuple[int, int, int]:
+    """The grid zero-padded at the end of each axis to whole windows, as Swin pads it."""
+    return tuple(-(-g // w) * w for g, w in zip(grid, window))
+
+
+@functools.lru_cache(maxsize=16)
+def _swin_region_mask(grid: tuple, window: tuple, shift: tuple, device: torch.device) -> Tensor | None:
+    """(M, T, T) float32 additive mask over the windows of the padded, rolled grid: 0 between tokens
+    of one region, -100 across regions; None for W-MSA on a grid the window divides (no mask).
+
+    The regions are MONAI's compute_mask's: along each axis of padded length G', the rolled
+    coordinates [0, G'-w), [G'-w, G'-s), [G'-s, G') (one region without a shift). Unlike MONAI, the
+    padding tokens are a region of their own, so that no real token attends them (MONAI lets them,
+    where the window does not divide the grid); that is what the op computes."""
+    padded = _swin_padded(grid, window)
+    if not any(shift) and padded == grid:
+        return None
+    region = torch.zeros(padded, dtype=torch.long, device=device)
+    padding = torch.zeros(padded, dtype=torch.bool, device=device)
+    for axis, (g, size, w, s) in enumerate(zip(grid, padded, window, shift)):
+        along = torch.zeros(size, dtype=torch.long, device=device)
+        if s:
+            along[size - w:size - s], along[size - s:] = 1, 2
+        is_padding = torch.roll(torch.arange(size, device=device) >= g, -s)  # rolled as the tokens are
+        view = [1, 1, 1]
+        view[axis] = size
+        region = region * 3 + along.view(view)
+        padding = padding | is_padding.view(view)
+    ids = window_partition((region * 2 + padding).reshape(1, -1), padded, window)[0]  # (M, T)
+    same = ids[:, :, None] == ids[:, None, :]
+    return torch.zeros(same.shape, device=device).masked_fill(~same, SWIN_MASK_VALUE)
+
+
+@functools.lru_cache(maxsize=16)
+def _swin_bias_index(window: tuple, table: tuple, device: torch.device) -> Tensor:
+    """(T*T,) index of each slot pair's row in a (P, heads) table: Swin's relative_position_index."""
+    return relative_position_index(window, table, device).flatten()
+
+
+def monai_eager_window_attention(q: Tensor, k: Tensor, v: Tensor, grid: Grid, window: Grid, shift: Grid,
+                                 bias: Tensor, scale: float | None = None) -> Tensor:
+    """Swin's W-MSA (shift 0) or SW-MSA with relative-position bias, computed the way MONAI's
+    SwinTransformerBlock and WindowAttention compute it in training (their eager path):
+
+    zero-pad the grid to whole windows, roll by -shift, partition into windows, ``(q * scale) @ k^T``,
+    add the bias gathered from the table per slot pair, add the region mask of shifted windows,
+    softmax, ``@ v``, un-partition, roll back, crop the padding.
+
+    Takes the op's operands: q, k, v (B, N, heads, d) of any strides, the clipped window, the shift
+    zeroed on clipped axes, and the op's (heads, 2f'-1, 2h'-1, 2w'-1) table (MONAI's (P, heads)
+    parameter transposed, a view); returns a contiguous (B, N, heads, d). Where the window does not
+    divide the grid it masks the padding (see `_swin_region_mask`), so W-MSA on such a grid adds a
+    mask as SW-MSA does. The mask and the bias index are built once and cached, which favours this
+    peer: MONAI rebuilds the mask at every forward of a stage.
+    """
+    grid, window, shift = tuple(grid), tuple(window), tuple(shift)
+    B, N, heads, d = q.shape
+    scale = d ** -0.5 if scale is None else scale
+    padded = _swin_padded(grid, window)
+    pad = []
+    for g, size in zip(reversed(grid), reversed(padded)):
+        pad += [0, size - g]
+
+    def to_windows(x: Tensor) -> Tensor:  # (B, N, heads, d) -> (B*M, heads, T, d)
+        x = F.pad(x.reshape(B, *grid, heads * d), [0, 0, *pad])
+        if any(shift):
+            x = torch.roll(x, [-s for s in shift], dims=(1, 2, 3))
+        windows = window_partition(x.flatten(1, 3), padded, window)  # (B, M, T, C)
+        return windows.flatten(0, 1).unflatten(-1, (heads, d)).transpose(1, 2)
+
+    qw, kw, vw = (to_windows(t) for t in (q, k, v))
+    windows, tokens = qw.shape[0] // B, qw.shape[2]
+    attn = (qw * scale) @ kw.transpose(-2, -1)
+    index = _swin_bias_index(window, table_window(bias), q.device)
+    relative = bias.flatten(1).t()[index].reshape(tokens, tokens, heads).permute(2, 0, 1).contiguous()
+    attn = attn + relative.unsqueeze(0)
+    mask = _swin_region_mask(grid, window, shift, q.device)
+    if mask is not None:
+        attn = attn.view(B, windows, heads, tokens, tokens) + mask.unsqueeze(1).unsqueeze(0)
+        attn = attn.view(-1, heads, tokens, tokens)
+    attn = attn.softmax(dim=-1).to(vw.dtype)
+    out = (attn @ vw).transpose(1, 2).reshape(B, windows, tokens, heads * d)
+    out = window_unpartition(out, padded, window).reshape(B, *padded, heads * d)
+    if any(shift):
+        out = torch.roll(out, list(shift), dims=(1, 2, 3))
+    return out[:, :grid[0], :grid[1], :grid[2]].reshape(B, N, heads, d).contiguous()
 
 
 def sdpa_global(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None) -> Tensor:

@@ -1,8 +1,11 @@
-"""Timing and peak memory of a callable, the same way on every benchmark.
+"""Timing and peak memory of a callable, the same way in every benchmark script.
 
 - CPU: `torch.utils.benchmark.Timer` with the thread count set explicitly; samples are blocks of
   calls sized to take about a tenth of `min_run_time`, repeated until `min_run_time` has passed and
-  at least `min_samples` blocks exist.
+  at least `min_samples` blocks exist. The callables compared in one table are sampled in
+  alternating rounds, which no timing library offers (pytest-benchmark and `Timer` time one
+  callable at a time): that is why the scripts' ratios come from here, while the pytest-benchmark
+  suite (benchmarks/test_bench_ops.py) uses pytest-benchmark's timer and only `peak_memory` from here.
 - CUDA: `triton.testing.do_bench` (CUDA events, L2 flushed between calls), its median and 20/80
   percentiles over `rep` milliseconds.
 Both warm up first, so one-time costs (compilation, autotuning, allocator growth) stay out.

@@ -1,8 +1,12 @@
 """Smoke tests of benchmarks/: the peers compute what the ops compute, counted FLOPs equal the analytic
-ones on real tensors, the timing helpers measure what they say, and both scripts run on tiny sweeps."""
+ones on real tensors, the timing helpers measure what they say, the scripts run on tiny sweeps, and
+the pytest-benchmark suite runs from the repository root."""
 
 import json
 import math
+import os
+import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -18,8 +22,8 @@ import logo_attn  # noqa: E402
 from benchmarks import bench_ops, flops_vs_timesformer, peers, schemes  # noqa: E402
 from benchmarks.counting import count_flops  # noqa: E402
 from benchmarks.timing import Timing, measure_many, paired_ratio, peak_memory, time_cpu_interleaved  # noqa: E402
-from logo_attn import flops  # noqa: E402
-from logo_attn.geometry import attended_pairs  # noqa: E402
+from logo_attn import backends, flops  # noqa: E402
+from logo_attn.geometry import NO_SHIFT, attended_pairs, bias_table_shape, clip_shift, clip_window  # noqa: E402
 
 # (grid, window): divisible, border windows on every axis, window larger than the grid
 GRIDS = [((4, 6, 6), (2, 3, 3)), ((3, 5, 7), (2, 3, 3)), ((2, 3, 2), (4, 7, 7))]
@@ -48,14 +52,88 @@ def test_local_peers_equal_the_op(peer, grid, window):
     assert close(grad, want)
 
 
-def test_flex_peer_equals_the_op():
-    """Compiled FlexAttention with the cached block mask; forward only on CPU (it has no CPU backward)."""
+@pytest.mark.parametrize("swin", [False, True], ids=["plain", "shift+bias"])
+def test_flex_peer_equals_the_op(swin):
+    """Compiled FlexAttention with the cached block mask (shifted windows and the bias score_mod for
+    Swin, on a grid the windows do not divide); forward only on CPU (it has no CPU backward)."""
     grid, window = (3, 5, 7), (2, 3, 3)
+    shift, table = ((1, 1, 1), torch.randn(2, *bias_table_shape(window))) if swin else (NO_SHIFT, None)
     qkv = torch.randn(1, math.prod(grid), 3, 2, 16)
-    flex = peers.FlexLocalAttention(grid, window, torch.device("cpu"))
+    flex = peers.FlexLocalAttention(grid, window, torch.device("cpu"), shift, table)
     assert not flex.has_backward
-    expected = reference_local(*qkv.double().unbind(2), grid, window)
+    expected = logo_attn.local_attention(*qkv.double().unbind(2), grid, window, shift=shift,
+                                         bias=None if table is None else table.double(), backend="torch")
     assert close(flex(*qkv.unbind(2)), expected, tol=1e-5)
+
+
+def swin_operands(grid, window, heads=2, head_dim=8):
+    """float64 qkv (B=2) and a bias table for `window` (unclipped), both requiring grad; the window
+    clipped to the grid and Swin's shift (window // 2 where the window does not cover the axis)."""
+    qkv = torch.randn(2, math.prod(grid), 3, heads, head_dim, dtype=torch.float64, requires_grad=True)
+    table = torch.randn(heads, *bias_table_shape(window), dtype=torch.float64, requires_grad=True)
+    return qkv, table, clip_window(grid, window), clip_shift(grid, window, [w // 2 for w in window])
+
+
+@pytest.mark.parametrize("grid,window", GRIDS + [((8, 6, 5), (3, 4, 4))])
+@pytest.mark.parametrize("shifted", [False, True], ids=["W-MSA", "SW-MSA"])
+def test_monai_eager_peer_equals_the_op(grid, window, shifted):
+    """Output and the q/k/v and table gradients, on divisible grids, grids with border windows (whose
+    padding the peer masks) and windows clipped to the grid."""
+    qkv, table, clipped, shift = swin_operands(grid, window)
+    shift = shift if shifted else NO_SHIFT
+    expected = logo_attn.local_attention(*qkv.unbind(2), grid, window, shift=shift, bias=table, backend="torch")
+    got = peers.monai_eager_window_attention(*qkv.unbind(2), grid, clipped, shift, table)
+    assert got.shape == expected.shape and got.is_contiguous()
+    assert close(got, expected)
+    dout = torch.randn_like(expected)
+    grads, wants = (torch.autograd.grad(out, (qkv, table), dout) for out in (got, expected))
+    for grad, want in zip(grads, wants):
+        assert close(grad, want)
+
+
+@pytest.mark.parametrize("grid,window,shift", [
+    ((4, 6, 6), (2, 3, 3), (0, 0, 0)),  # W-MSA
+    ((4, 6, 6), (2, 3, 3), (1, 1, 1)),  # SW-MSA
+    ((2, 6, 9), (2, 3, 3), (1, 1, 1)),  # the window covers F: MONAI drops that axis's shift, as the op does
+])
+def test_monai_eager_peer_is_monais_window_attention(grid, window, shift):
+    """The peer is what MONAI computes: its SwinTransformerBlock's attention part (forward_part1 with
+    the norm removed: pad, roll, window partition, WindowAttention with the relative-position bias and
+    compute_mask's mask, reverse, roll back) equals the peer on the same qkv projection, with the
+    table gradient, on grids the window divides (elsewhere MONAI attends the zero padding)."""
+    monai_swin = pytest.importorskip("monai.networks.nets.swin_unetr",
+                                     reason="MONAI is not installed (pip install monai)")
+    heads, head_dim = 2, 8
+    dim = heads * head_dim
+    block = monai_swin.SwinTransformerBlock(dim, heads, window, shift, qkv_bias=True).double()
+    block.norm1 = torch.nn.Identity()
+    with torch.no_grad():
+        block.attn.relative_position_bias_table.normal_()  # MONAI's init (std 0.02) would hide a wrong index
+    use_window, use_shift = monai_swin.get_window_size(grid, window, shift)
+    mask = monai_swin.compute_mask(list(grid), use_window, use_shift, "cpu")
+    x = torch.randn(2, *grid, dim, dtype=torch.float64, requires_grad=True)
+    expected = block.forward_part1(x, mask)
+
+    table_param = block.attn.relative_position_bias_table  # (P, heads)
+    table = table_param.t().reshape(heads, *bias_table_shape(window))
+    qkv = block.attn.qkv(x.reshape(2, -1, dim)).unflatten(-1, (3, heads, head_dim))
+    out = peers.monai_eager_window_attention(*qkv.unbind(2), grid, use_window, use_shift, table)
+    got = block.attn.proj(out.flatten(2)).reshape(expected.shape)
+    assert close(got, expected)
+    dout = torch.randn_like(expected)
+    for grad, want in zip(torch.autograd.grad(got, (x, table_param), dout),
+                          torch.autograd.grad(expected, (x, table_param), dout)):
+        assert close(grad, want)
+
+
+def test_swin_rows_time_the_op_on_every_backend_that_runs_here():
+    """`--ops swin` times the op on each backend the dispatcher accepts for these inputs (the C++
+    kernels on CPU, the reference), first, then its peers."""
+    args = bench_ops.parse_args(["--device", "cpu", "--ops", "swin", "--swin-shapes", "4x6x6:2x3x3:2x8",
+                                 "--swin-variants", "SW-MSA", "--peers", "monai_eager"])
+    (case,) = bench_ops.cases(args)
+    runnable = [name for name in ("cpu", "torch") if backends.why_not(name, "cpu", torch.float32, 8) is None]
+    assert [impl.name for impl in case.impls] == [f"op[{name}]" for name in runnable] + ["monai eager"]
 
 
 def test_global_peer_equals_the_op():
@@ -151,10 +229,17 @@ def test_bench_ops_runs_and_checks_every_row(tmp_path):
     rows = bench_ops.main([
         "--device", "cpu", "--backend", "torch", "--dtype", "float32", "--batch", "1", "--grid", "3x5x4",
         "--window", "2x3x3", "--heads", "2", "--head-dim", "16", "--global-keys", "4",
-        "--peers", "partition_sdpa", "masked_full", "sdpa", "avg_pool3d", "partition_mean", "sdpa_layer",
-        "--min-run-time", "0.005", "--threads", "1", "--out", str(out),
+        "--peers", "partition_sdpa", "masked_full", "sdpa", "avg_pool3d", "partition_mean", "sdpa_layer", "monai_eager",
+        "--swin-shapes", "4x6x6:2x3x3:2x8", "--min-run-time", "0.005", "--threads", "1", "--out", str(out),
     ])
-    assert {r["op"] for r in rows} == {"local_attention", "global_attention", "window_pool", "LocalGlobalAttention"}
+    assert {r["op"] for r in rows} == {"local_attention", "global_attention", "window_pool", "LocalGlobalAttention",
+                                       "local_attention+bias"}
+    swin = [r for r in rows if r["op"] == "local_attention+bias"]
+    assert {(r["impl"], tuple(r["shift"])) for r in swin} == {
+        (impl, shift) for impl in ("op[torch]", "monai eager") for shift in ((0, 0, 0), (1, 1, 1))}
+    shifted = next(r for r in swin if r["mode"] == "fwd" and r["impl"] == "op[torch]" and any(r["shift"]))
+    pairs = attended_pairs((4, 6, 6), (2, 3, 3), (1, 1, 1))
+    assert shifted["tflops"] == pytest.approx(flops.attention_flops(pairs, 1, 2, 8) / shifted["median_ms"] / 1e9)
     assert all(r["status"] == "ok" for r in rows), [r["status"] for r in rows if r["status"] != "ok"]
     assert all(r["check_rel_err"] < 1e-4 and r["median_ms"] > 0 and r["peak_mib"] >= 0 for r in rows)
     local_fwd = next(r for r in rows if r["op"] == "local_attention" and r["mode"] == "fwd")
@@ -236,3 +321,29 @@ def test_paper_numbers_only_for_the_papers_input():
     assert bench_model.paper_row("logo", 16, 112) == ("LOGO-Former", 10.27)
     assert bench_model.paper_row("divided", 16, 112)[1] == 25.16
     assert bench_model.paper_row("logo", 16, 224) == (None, None)
+
+
+# bench_ops.py options of the smoke run: tiny shapes, every peer but FlexAttention, whose CPU
+# compilation alone takes longer than this test's budget (test_flex_peer_equals_the_op covers it).
+SMOKE_OPS_ARGS = (
+    "--device cpu --batch 1 --grid 3x5x4 --window 2x3x3 --heads 2 --head-dim 16 --global-keys 4 --threads 1 "
+    "--swin-shapes 4x6x6:2x3x3:2x8 --peers partition_sdpa masked_full sdpa avg_pool3d partition_mean sdpa_layer "
+    "monai_eager"
+)
+
+
+def test_pytest_benchmark_suite_runs_every_case_once():
+    """`pytest benchmarks --benchmark-disable` (CI's smoke run): every callable of every op, mode and
+    peer runs once and passes its float64 check, in one group per op, mode and shape."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST_")}  # not an xdist worker
+    command = [sys.executable, "-m", "pytest", "benchmarks", "--benchmark-disable", "-v", "-p", "no:cacheprovider",
+               f"--bench-ops-args={SMOKE_OPS_ARGS}"]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    passed = re.findall(r"::test_op\[(.*)\] PASSED", done.stdout)
+    args = bench_ops.parse_args(SMOKE_OPS_ARGS.split())
+    expected = {f"{case.label(mode)} {impl.name}".replace(" ", "-") for case in bench_ops.cases(args)
+                for mode in args.modes for impl in case.impls}
+    assert set(passed) == expected and len(passed) == len(expected)
+    assert {"local-fwd+bwd-B1-3x5x4-w2x3x3-2x16-fp32-op[torch]",  # the group names the README shows
+            "swin-SW-MSA-fwd+bwd-B1-4x6x6-w2x3x3-s1x1x1-2x8-fp32-monai-eager"} <= expected
