@@ -28,6 +28,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` and an unins
 import torch
 import torch.nn.functional as F
 
+from benchmarks.cli import check_device, positive_float, positive_int
 from benchmarks.counting import count_flops
 from benchmarks.environment import ROOT, device_tag, environment, header_line
 from benchmarks.results import table, write_results
@@ -137,19 +138,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16",
                         help="CUDA: bf16 autocast or plain fp32 (CPU always fp32)")
     parser.add_argument("--attention", nargs="+", choices=ATTENTIONS, default=list(ATTENTIONS))
-    parser.add_argument("--sizes", type=int, nargs="+", default=[112, 224], help="clip sizes in pixels to time")
-    parser.add_argument("--frames", type=int, default=16)
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--embed-dim", type=int, default=256)
-    parser.add_argument("--depth", type=int, default=4)
-    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--sizes", type=positive_int, nargs="+", default=[112, 224], help="clip sizes in pixels to time")
+    parser.add_argument("--frames", type=positive_int, default=16)
+    parser.add_argument("--batch", type=positive_int, default=1)
+    parser.add_argument("--embed-dim", type=positive_int, default=256)
+    parser.add_argument("--depth", type=positive_int, default=4)
+    parser.add_argument("--heads", type=positive_int, default=8)
     parser.add_argument("--backend", default="auto", help="logo_attn backend of the LOGO blocks")
     parser.add_argument("--no-time", dest="time", action="store_false", help="the cost table only")
-    parser.add_argument("--min-run-time", type=float, default=1.0)
-    parser.add_argument("--threads", type=int)
+    parser.add_argument("--min-run-time", type=positive_float, default=1.0)
+    parser.add_argument("--threads", type=positive_int)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="result path prefix (default benchmarks/results/bench_model_<device>)")
     args = parser.parse_args(argv)
+    check_device(parser, args.device)
+    if args.embed_dim % args.heads:
+        parser.error(f"--embed-dim {args.embed_dim} must be divisible by --heads {args.heads}")
     args.threads = args.threads or torch.get_num_threads()
     return args
 

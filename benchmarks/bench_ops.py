@@ -42,6 +42,7 @@ from torch import Tensor
 
 import logo_attn
 from benchmarks import peers
+from benchmarks.cli import check_device, convert, positive_float, positive_int, triple
 from benchmarks.counting import count_flops
 from benchmarks.environment import ROOT, Roofline, device_tag, environment, header_line, roofline_for
 from benchmarks.results import table, write_results
@@ -86,13 +87,6 @@ PRESETS = {
 }
 
 
-def parse_triple(text: str) -> tuple[int, int, int]:
-    parts = tuple(int(p) for p in text.lower().split("x"))
-    if len(parts) != 3 or min(parts) < 1:
-        raise argparse.ArgumentTypeError(f"expected FxHxW with positive ints, e.g. 16x7x7, got {text!r}")
-    return parts
-
-
 @dataclass(frozen=True)
 class SwinShape:
     grid: tuple[int, int, int]
@@ -109,7 +103,7 @@ def parse_swin_shape(text: str) -> SwinShape:
         heads, head_dim = (int(n) for n in heads.lower().split("x"))
         if min(heads, head_dim) < 1:
             raise ValueError
-        return SwinShape(parse_triple(grid), parse_triple(window), heads, head_dim)
+        return SwinShape(triple(grid), triple(window), heads, head_dim)
     except (ValueError, argparse.ArgumentTypeError):
         raise argparse.ArgumentTypeError(f"expected one of {', '.join(SWIN_SHAPES)} or FxHxW:fxhxw:HEADSxHEAD_DIM, "
                                          f"got {text!r}") from None
@@ -420,21 +414,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS))
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--dtype", choices=sorted(DTYPES))
-    parser.add_argument("--batch", type=int)
+    parser.add_argument("--batch", type=positive_int)
     parser.add_argument("--grid", dest="grids", nargs="+", help="grids FxHxW, e.g. 16x7x7 16x14x14")
     parser.add_argument("--window", help="window fxhxw, e.g. 2x7x7")
-    parser.add_argument("--heads", type=int)
-    parser.add_argument("--head-dim", type=int)
-    parser.add_argument("--global-keys", type=int, nargs="+",
+    parser.add_argument("--heads", type=positive_int)
+    parser.add_argument("--head-dim", type=positive_int)
+    parser.add_argument("--global-keys", type=positive_int, nargs="+",
                         help="key counts Nk of the global op (default: the number of windows)")
     parser.add_argument("--prefix", type=int, default=1, help="prefix (CLS) tokens of the layer rows")
     parser.add_argument("--swin-shapes", nargs="+", type=parse_swin_shape, metavar="SHAPE",
                         help=f"stages of the swin rows: {', '.join(SWIN_SHAPES)} or FxHxW:fxhxw:HEADSxHEAD_DIM "
                              "(default: the preset's)")
     parser.add_argument("--swin-variants", nargs="+", choices=SWIN_VARIANTS, default=list(SWIN_VARIANTS))
-    parser.add_argument("--swin-batch", type=int, help="batch of the swin rows (default: the preset's)")
-    parser.add_argument("--threads", type=int, help="CPU threads (default: the preset's, else all cores)")
-    parser.add_argument("--min-run-time", type=float, default=1.0, help="seconds of samples per CPU timing")
+    parser.add_argument("--swin-batch", type=positive_int, help="batch of the swin rows (default: the preset's)")
+    parser.add_argument("--threads", type=positive_int, help="CPU threads (default: the preset's, else all cores)")
+    parser.add_argument("--min-run-time", type=positive_float, default=1.0, help="seconds of samples per CPU timing")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="result path prefix (default benchmarks/results/bench_ops_<device>)")
     args = parser.parse_args(argv)
@@ -444,9 +438,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     for key, value in preset.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
-    args.grids = [parse_triple(g) if isinstance(g, str) else g for g in args.grids]
-    args.window = parse_triple(args.window) if isinstance(args.window, str) else args.window
-    args.swin_shapes = [parse_swin_shape(s) if isinstance(s, str) else s for s in args.swin_shapes]
+    check_device(parser, args.device)
+    args.grids = [convert(parser, "--grid", triple, g) if isinstance(g, str) else g for g in args.grids]
+    args.window = convert(parser, "--window", triple, args.window) if isinstance(args.window, str) else args.window
+    args.swin_shapes = [convert(parser, "--swin-shapes", parse_swin_shape, s) if isinstance(s, str) else s
+                        for s in args.swin_shapes]
     args.threads = args.threads or torch.get_num_threads()
     return args
 

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from benchmarks import bench_model, schemes
+from benchmarks.cli import check_device, convert, positive_float, positive_int, triple
 from benchmarks.counting import count_flops
 from benchmarks.environment import ROOT, device_tag, environment, header_line
 from benchmarks.results import fmt, table, write_results
@@ -81,13 +82,6 @@ QUICK = dict(frames=[4, 16, 32], sizes=[4, 7, 14], windows=["2x7x7"], families=[
 # fwd+bwd GFLOP per timed call above which a point is left untimed (reported as such), per device type
 MAX_GFLOP = {"cpu": 100.0, "cuda": 1e6}
 MAX_GFLOP_QUICK = {"cpu": 15.0, "cuda": 1e5}
-
-
-def parse_triple(text: str) -> tuple[int, int, int]:
-    parts = tuple(int(p) for p in text.lower().split("x"))
-    if len(parts) != 3 or min(parts) < 1:
-        raise argparse.ArgumentTypeError(f"expected fxhxw with positive ints, e.g. 2x7x7, got {text!r}")
-    return parts
 
 
 # --------------------------------------------------------------------------------------------------
@@ -309,22 +303,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="default float32 on CPU, bfloat16 on CUDA")
     parser.add_argument("--backend", default="auto", help="logo_attn backend of the LOGO layer (default auto)")
-    parser.add_argument("--dim", type=int, default=256, help="layer width (LOGOFormer's embed_dim)")
-    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--dim", type=positive_int, default=256, help="layer width (LOGOFormer's embed_dim)")
+    parser.add_argument("--heads", type=positive_int, default=8)
     parser.add_argument("--prefix", type=int, default=0, help="prefix (CLS) tokens; the paper's formulas assume 0")
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--frames", type=int, nargs="+", help="F values of the time families")
-    parser.add_argument("--sizes", type=int, nargs="+", help="H=W values of the space family")
+    parser.add_argument("--batch", type=positive_int, default=1)
+    parser.add_argument("--frames", type=positive_int, nargs="+", help="F values of the time families")
+    parser.add_argument("--sizes", type=positive_int, nargs="+", help="H=W values of the space family")
     parser.add_argument("--windows", nargs="+", help="windows fxhxw (first is the main one)")
     parser.add_argument("--families", nargs="+", choices=[f.name for f in FAMILIES],
                         help="families of grids to sweep (crossovers are always found along all of them)")
     parser.add_argument("--no-time", dest="time", action="store_false", help="cost only, no timing")
-    parser.add_argument("--max-gflop", type=float, help="leave points costing more fwd+bwd GFLOP per call untimed")
-    parser.add_argument("--min-run-time", type=float, help="seconds of samples per CPU timing")
+    parser.add_argument("--max-gflop", type=positive_float, help="leave points costing more fwd+bwd GFLOP per call untimed")
+    parser.add_argument("--min-run-time", type=positive_float, help="seconds of samples per CPU timing")
     # One thread by default: the slope of time against N is about work, and a single thread keeps
     # parallel efficiency (which changes with problem size) and other processes' load (a 2-thread
     # run on a busy 2-core machine measured 4-10x slower than 1 thread) out of it.
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
+    parser.add_argument("--threads", type=positive_int, default=1, help="CPU threads (default 1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-plot", dest="plot", action="store_false")
     parser.add_argument("--out", type=Path, help="result path prefix (default benchmarks/results/flops_vs_timesformer_<device>[_quick])")
@@ -332,7 +326,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     sweep = QUICK if args.quick else FULL
     args.frames = args.frames or sweep["frames"]
     args.sizes = args.sizes or sweep["sizes"]
-    args.windows = [parse_triple(w) for w in (args.windows or sweep["windows"])]
+    check_device(parser, args.device)
+    args.windows = [convert(parser, "--windows", triple, w) for w in (args.windows or sweep["windows"])]
     args.families = [f for f in FAMILIES if f.name in (args.families or sweep["families"])]
     args.dtype = args.dtype or ("bfloat16" if args.device == "cuda" else "float32")
     args.max_gflop = args.max_gflop or (MAX_GFLOP_QUICK if args.quick else MAX_GFLOP)[args.device]

@@ -347,3 +347,17 @@ def test_pytest_benchmark_suite_runs_every_case_once():
     assert set(passed) == expected and len(passed) == len(expected)
     assert {"local-fwd+bwd-B1-3x5x4-w2x3x3-2x16-fp32-op[torch]",  # the group names the README shows
             "swin-SW-MSA-fwd+bwd-B1-4x6x6-w2x3x3-s1x1x1-2x8-fp32-monai-eager"} <= expected
+
+
+@pytest.mark.parametrize("script,args,message", [
+    ("bench_ops.py", ["--grid", "16x7"], "--grid: expected three positive ints joined by x"),
+    ("bench_ops.py", ["--batch", "0"], "--batch: expected a positive int"),
+    ("flops_vs_timesformer.py", ["--windows", "2xax7"], "--windows: expected three positive ints"),
+    ("bench_model.py", ["--heads", "3"], "--embed-dim 256 must be divisible by --heads 3"),
+])
+def test_command_line_mistakes_exit_2_with_one_error_line(script, args, message):
+    import subprocess
+
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert message in result.stderr.strip().splitlines()[-1]
