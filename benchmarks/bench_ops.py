@@ -13,7 +13,7 @@ first implementation (the op on the first backend) in the same run: above 1, the
 CPU the implementations of a case are timed in alternating rounds and `t/t_op` is the median of the
 per-round ratios, so a change in the machine's load during the run does not favour one of them.
 
-    python benchmarks/bench_ops.py                       # CPU preset: issue #4 shape, fp32, 2 threads
+    python benchmarks/bench_ops.py                       # CPU preset: B=4, 16x7x7, window 2x7x7, 8x64, fp32, 2 threads
     python benchmarks/bench_ops.py --preset gpu          # bf16, B=32, grids 16x7x7 and 16x14x14
     python benchmarks/bench_ops.py --backend cpu torch --ops local --modes fwdbwd --grid 16x14x14
     python benchmarks/bench_ops.py --ops swin --swin-variants SW-MSA --modes fwdbwd --min-run-time 0.1
@@ -77,11 +77,11 @@ DTYPE_LABELS = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "b
 CHECK_TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 4e-2}
 
 PRESETS = {
-    # issue #4's CPU target shape; the Swin stages at batch 1 (on 2 cores one fwd+bwd of MONAI's eager
+    # the CPU target shape of the README's table; the Swin stages at batch 1 (on 2 cores one fwd+bwd of MONAI's eager
     # attention takes about a second there, and the float64 reference check several)
     "cpu": dict(device="cpu", dtype="float32", batch=4, grids=["16x7x7"], window="2x7x7", heads=8, head_dim=64,
                 global_keys=None, threads=2, swin_shapes=list(SWIN_SHAPES), swin_batch=1),
-    # issue #3/#7's GPU target shapes; Nk = 8..128 for the global op; the Swin stages at batch 8
+    # the GPU target shapes (B=32, 8 heads x 64, bf16); Nk = 8..128 for the global op; the Swin stages at batch 8
     "gpu": dict(device="cuda", dtype="bfloat16", batch=32, grids=["16x7x7", "16x14x14"], window="2x7x7", heads=8,
                 head_dim=64, global_keys=[8, 32, 128], threads=None, swin_shapes=list(SWIN_SHAPES), swin_batch=8),
 }

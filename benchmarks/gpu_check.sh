@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU validation in one command (issue #7): build the CUDA extension, run the whole test suite on
+# GPU validation in one command: build the CUDA extension, run the whole test suite on
 # CUDA, the large-shape and deterministic-mode tests, compute-sanitizer over the CUDA-extension
 # tests, and the op / layer / model benchmarks; logs and JSON/CSV/PNG results go to <outdir>.
 #
