@@ -23,6 +23,7 @@ import torch
 from monai.networks.nets import SwinUNETR
 from monai.networks.nets.swin_unetr import BasicLayer, SwinTransformerBlock, compute_mask, get_window_size
 
+from logo_attn import backends
 from logo_attn.geometry import clip_shift, clip_window
 from logo_attn.swin import (
     SwinBlock3D, SwinStage3D, WindowAttention3D, bias_table_view, monai_bias_differs, swap_monai_attention,
@@ -136,6 +137,31 @@ def test_window_attention_equals_monai(backend, grid, window, shift, zero_pad):
     window_c, shift_c = get_window_size(grid, window, shift)
     mask = compute_mask([math.ceil(g / w) * w for g, w in zip(grid, window_c)], window_c, shift_c, "cpu")
     compare_modules(ours, block.attn, ours, lambda t: block.forward_part1(t, mask), x)
+
+
+@pytest.mark.parametrize("grid,window,shift,zero_pad", [AGREE[1], AGREE[4]])
+def test_window_attention_on_triton_equals_monai(grid, window, shift, zero_pad):
+    """The Triton kernels (on CUDA, else under the interpreter) in float32 against MONAI in float64:
+    the fp32 tolerance on the output and the gradients of x and of every parameter."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu" and not backends.triton_interpreted():
+        pytest.skip("no GPU and TRITON_INTERPRET is unset: the Triton kernels cannot run")
+    block = monai_block(window, shift)
+    block.norm1 = torch.nn.Identity()
+    ours = WindowAttention3D(DIM, HEADS, window, shift, zero_pad=zero_pad, backend="triton").to(device)
+    ours.load_state_dict({name: t.float() for name, t in block.attn.state_dict().items()})
+    x = torch.randn(2, *grid, DIM, dtype=torch.float64)
+    window_c, shift_c = get_window_size(grid, window, shift)
+    mask = compute_mask([math.ceil(g / w) * w for g, w in zip(grid, window_c)], window_c, shift_c, "cpu")
+    x_theirs, x_ours = x.clone().requires_grad_(True), x.float().to(device).requires_grad_(True)
+    want, got = block.forward_part1(x_theirs, mask), ours(x_ours)
+    assert_matches("output", got.cpu(), want, torch.float32)
+    dout = torch.randn_like(want)
+    names = ["x", *(name for name, _ in block.attn.named_parameters())]
+    wants = torch.autograd.grad(want, [x_theirs, *block.attn.parameters()], dout)
+    gots = torch.autograd.grad(got, [x_ours, *ours.parameters()], dout.float().to(device))
+    for name, g, w in zip(names, gots, wants):
+        assert_matches(f"grad of {name}", g.cpu(), w, torch.float32)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
