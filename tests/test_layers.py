@@ -161,3 +161,14 @@ def test_bad_forward_arguments():
         layer(torch.randn(1, 9, 16), (3, 2, 2))
     with pytest.raises(ValueError, match="x must be"):
         layer(torch.randn(9, 16), (2, 2, 2))
+
+
+@pytest.mark.parametrize("pool", ["avg", "conv"])
+def test_empty_batch_forward_and_backward(pool):
+    """An empty batch (the last, filtered batch of an epoch) passes forward and backward."""
+    layer = LocalGlobalAttention(16, num_heads=2, window=(1, 2, 2), pool=pool, num_prefix_tokens=1)
+    x = torch.randn(0, 1 + 12, 16, requires_grad=True)
+    out = layer(x, (3, 2, 2))
+    assert out.shape == x.shape
+    out.sum().backward()
+    assert x.grad.shape == x.shape and all(p.grad is not None and not p.grad.any() for p in layer.parameters())
