@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from benchmarks.cli import check_device, positive_float, positive_int
 from benchmarks.counting import count_flops
-from benchmarks.environment import ROOT, device_tag, environment, header_line
+from benchmarks.environment import ROOT, device_tag, start_run
 from benchmarks.results import table, write_results
 from benchmarks.timing import measure_many, paired_ratio, peak_memory
 from logo_attn.flops import attention_macs, attention_pairs
@@ -161,10 +161,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
     device = torch.device(args.device)
-    if device.type == "cpu":
-        torch.set_num_threads(args.threads)
-    env = environment(device, args.threads if device.type == "cpu" else None)
-    print(header_line(env), flush=True)
+    env = start_run(device, args.threads)
     costs = model_table(args.frames, sorted({112, *args.sizes}), (args.embed_dim,), args.depth, args.heads)
     print_model_table(costs)
     steps = []

@@ -44,7 +44,7 @@ import logo_attn
 from benchmarks import peers
 from benchmarks.cli import check_device, convert, positive_float, positive_int, triple
 from benchmarks.counting import count_flops
-from benchmarks.environment import ROOT, Roofline, device_tag, environment, header_line, roofline_for
+from benchmarks.environment import ROOT, Roofline, device_tag, roofline_for, start_run
 from benchmarks.results import table, write_results
 from benchmarks.timing import measure_many, paired_ratio, peak_memory
 from logo_attn import backends
@@ -477,10 +477,7 @@ def cases(args: argparse.Namespace) -> Iterator[Case]:
 def main(argv: Sequence[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     device = torch.device(args.device)
-    if device.type == "cpu":
-        torch.set_num_threads(args.threads)
-    env = environment(device, args.threads if device.type == "cpu" else None)
-    print(header_line(env), flush=True)
+    env = start_run(device, args.threads)
     roof = roofline_for(env["device"])
     rows = []
     for case in cases(args):

@@ -19,24 +19,23 @@ def triple(text: str) -> tuple[int, int, int]:
     return parts
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}")
-    return value
+def _positive(kind: type, what: str):
+    """An argparse type: `kind` of `text`, refused unless it is > 0."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = kind(0)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    return parse
 
 
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
+positive_int = _positive(int, "a positive int")
+positive_float = _positive(float, "a positive number")
 
 
 def convert(parser: argparse.ArgumentParser, option: str, parse, value):

@@ -115,6 +115,16 @@ def environment(device: torch.device, threads: int | None = None) -> dict:
     return env
 
 
+def start_run(device: torch.device, threads: int) -> dict:
+    """What every benchmark script does first: fix the CPU thread count, describe the environment
+    and print its header line; returns the description for the result files."""
+    if device.type == "cpu":
+        torch.set_num_threads(threads)
+    env = environment(device, threads if device.type == "cpu" else None)
+    print(header_line(env), flush=True)
+    return env
+
+
 def header_line(env: dict) -> str:
     driver = f" driver {env['driver']}" if env.get("driver") else ""
     return (

@@ -43,7 +43,7 @@ import torch
 from benchmarks import bench_model, schemes
 from benchmarks.cli import check_device, convert, positive_float, positive_int, triple
 from benchmarks.counting import count_flops
-from benchmarks.environment import ROOT, device_tag, environment, header_line
+from benchmarks.environment import ROOT, device_tag, start_run
 from benchmarks.results import fmt, table, write_results
 from benchmarks.timing import measure_many, peak_memory
 from logo_attn import backends
@@ -359,10 +359,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     started = time.perf_counter()
     args = parse_args(argv)
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
-    if device.type == "cpu":
-        torch.set_num_threads(args.threads)
-    env = environment(device, args.threads if device.type == "cpu" else None)
-    print(header_line(env), flush=True)
+    env = start_run(device, args.threads)
     logo_backend = backends.choose(args.backend, device.type, dtype, args.dim // args.heads, backends.triton_interpreted())
     print(f"# layers of width {args.dim}, {args.heads} heads, {args.prefix} prefix tokens; LOGO on backend "
           f"{logo_backend!r}; timing batch {args.batch}, {args.dtype}, points above {args.max_gflop:g} GFLOP left untimed",

@@ -56,11 +56,6 @@ def window_count(grid: Sequence[int], window: Sequence[int], shift: Sequence[int
     return nf * nh * nw
 
 
-def axis_window_id(coordinate: int, window: int, shift: int = 0) -> int:
-    """The window of one coordinate along an axis."""
-    return (coordinate + axis_offset(window, shift)) // window
-
-
 def axis_segment(index: int, size: int, window: int, shift: int = 0) -> tuple[int, int]:
     """[start, stop) of window `index` along an axis of length `size`, clipped to the axis."""
     start = index * window - axis_offset(window, shift)
@@ -71,21 +66,6 @@ def axis_segment_lengths(size: int, window: int, shift: int = 0) -> list[int]:
     """Lengths of every window along one axis, in order."""
     return [stop - start for start, stop in
             (axis_segment(i, size, window, shift) for i in range(axis_windows(size, window, shift)))]
-
-
-def token_index(t: int, y: int, x: int, grid: Sequence[int]) -> int:
-    """Row-major index of grid coordinate (t, y, x)."""
-    return (t * int(grid[1]) + y) * int(grid[2]) + x
-
-
-def window_token_indices(index: int, grid: Sequence[int], window: Sequence[int],
-                         shift: Sequence[int] = NO_SHIFT) -> list[int]:
-    """Token indices of window `index` (row-major window order), in row-major order inside it."""
-    nf, nh, nw = num_windows(grid, window, shift)
-    cells = (index // (nh * nw), (index // nw) % nh, index % nw)
-    (t0, t1), (y0, y1), (x0, x1) = (axis_segment(c, int(g), int(w), int(s))
-                                    for c, g, w, s in zip(cells, grid, window, shift))
-    return [token_index(t, y, x, grid) for t in range(t0, t1) for y in range(y0, y1) for x in range(x0, x1)]
 
 
 def attended_pairs(grid: Sequence[int], window: Sequence[int], shift: Sequence[int] = NO_SHIFT) -> int:

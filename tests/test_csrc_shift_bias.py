@@ -17,6 +17,7 @@ import torch
 
 from dense_reference import dense_local_attention, relative_bias, same_window_mask
 from logo_attn import _cpp
+from logo_attn.geometry import clip_shift, clip_window
 from oracle import HALF, TOLERANCE, max_error
 
 # B, grid, window as the user passes it (the bias table is built for it), shift, heads, head_dim.
@@ -39,8 +40,7 @@ SCALE = 0.4
 
 def clipped(grid, window, shift):
     """What the op passes its backends: the window clipped to the grid, no shift on clipped axes."""
-    window = [min(w, g) for w, g in zip(window, grid)]
-    return window, [0 if w == g else s for w, g, s in zip(window, grid, shift)]
+    return list(clip_window(grid, window)), list(clip_shift(grid, window, shift))
 
 
 def inputs(B, grid, window, heads, head_dim, dtype, bias_dtype, seed=0):

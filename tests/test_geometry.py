@@ -30,18 +30,18 @@ def test_counts_tokens_and_pairs_match_brute_force(grid, window, shift):
     assert geometry.window_count(grid, window, shift) == len(set(ids))
     for axis in range(3):
         assert geometry.num_windows(grid, window, shift)[axis] == len({i[axis] for i in ids})
-    # window m (row-major over the per-axis ids) holds exactly the tokens with that id, in order
-    nf, nh, nw = geometry.num_windows(grid, window, shift)
-    for m in range(nf * nh * nw):
-        cell = (m // (nh * nw), (m // nw) % nh, m % nw)
-        assert geometry.window_token_indices(m, grid, window, shift) == [n for n, i in enumerate(ids) if i == cell]
+    # window c of each axis covers exactly the coordinates whose window id is c
+    for axis, (g, w, s) in enumerate(zip(grid, window, shift)):
+        for c in range(geometry.axis_windows(g, w, s)):
+            start, stop = geometry.axis_segment(c, g, w, s)
+            assert list(range(start, stop)) == [t for t in range(g) if (t + (w - s) % w) // w == c]
     assert geometry.attended_pairs(grid, window, shift) == int(same_window_mask(grid, window, shift).sum())
 
 
 def test_shift_starts_windows_at_the_cut():
     """Axis of 7 with window 3 and shift 2: cuts at 2 and 5, so windows [0,2), [2,5), [5,7)."""
     assert geometry.axis_segment_lengths(7, 3, 2) == [2, 3, 2]
-    assert [geometry.axis_window_id(t, 3, 2) for t in range(7)] == [0, 0, 1, 1, 1, 2, 2]
+    assert [geometry.axis_segment(c, 7, 3, 2) for c in range(3)] == [(0, 2), (2, 5), (5, 7)]
     assert geometry.axis_segment_lengths(7, 3, 0) == [3, 3, 1]
 
 
