@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from . import backends, reference
 from .checks import as_grid, as_window, check_attention_dropout, check_heads, check_prefix_tokens
+from .distributed import TimeSharding
 from .geometry import clip_window
 from .ops import global_attention, local_attention, window_pool
 
@@ -121,33 +122,48 @@ class LocalGlobalAttention(nn.Module):
             pad += [0, (-size) % win]
         return self.pool_conv(F.pad(volume, pad)).flatten(2).transpose(1, 2)
 
-    def forward(self, x: Tensor, grid: Sequence[int]) -> Tensor:
-        """x: (B, num_prefix_tokens + F*H*W, dim); grid: (F, H, W). Returns the same shape."""
+    def forward(self, x: Tensor, grid: Sequence[int], cp: TimeSharding | None = None) -> Tensor:
+        """x: (B, num_prefix_tokens + F*H*W, dim); grid: (F, H, W). Returns the same shape.
+
+        With ``cp`` (a `logo_attn.distributed.TimeSharding` of `grid`), each rank passes its own shard
+        of x (``cp.shard(x, prefix=num_prefix_tokens)``: the prefix tokens on rank 0) and gets its
+        shard of the one-process output; `grid` stays the whole clip's."""
         grid = as_grid(grid)
-        P = self.num_prefix_tokens
-        expected = P + grid[0] * grid[1] * grid[2]
+        sharded = cp is not None and cp.sharded
+        local_grid = cp.check_layer(grid, self.window, "LocalGlobalAttention") if cp is not None else grid
+        P = cp.local_prefix(self.num_prefix_tokens) if cp is not None else self.num_prefix_tokens
+        expected = P + local_grid[0] * local_grid[1] * local_grid[2]
         if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[1] != expected or x.shape[2] != self.dim:
             shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            where = f" (this rank's shard of {grid}, frames {cp.frame_range})" if cp is not None else ""
             raise ValueError(
                 f"LocalGlobalAttention: x must be (B, num_prefix_tokens + F*H*W, dim) = (B, {P} + "
-                f"{expected - P}, {self.dim}) for grid {grid}, got {shape}"
+                f"{expected - P}, {self.dim}) for grid {local_grid}{where}, got {shape}"
             )
         x_prefix, x_grid = x[:, :P], x[:, P:]
 
-        # eq. (1): local attention inside windows, grid tokens only
+        # eq. (1): local attention inside windows, grid tokens only (a shard holds whole windows)
         q, k, v = self._heads(self.local_qkv(self.norm_local(x_grid)), 3)
-        local = self._local(q, k, v, grid).flatten(2)
+        local = self._local(q, k, v, local_grid).flatten(2)
         y_grid = x_grid + self.proj_drop(self.local_proj(local))
         y = torch.cat([x_prefix, y_grid], dim=1) if P else y_grid
 
         # eqs. (3)-(6): every token attends to the prefix tokens and the pooled windows
-        summary = self._pool(y_grid, grid)
+        summary = self._pool(y_grid, local_grid)
         if P:
             summary = torch.cat([x_prefix, summary], dim=1)
         (q,) = self._heads(self.q(self.norm_q(y)), 1)
-        k, v = self._heads(self.kv(self.norm_kv(summary)), 2)
-        out = self._global(q, k, v).flatten(2)
+        if sharded:  # the keys of every rank: gathered (see TimeSharding)
+            attend = self._global if self._dropout_active() else None
+            out = cp.global_attention(q, summary, self._keys, self.window, self.num_prefix_tokens, self.backend,
+                                      attend).flatten(2)
+        else:
+            out = self._global(q, *self._keys(summary)).flatten(2)
         return y + self.proj_drop(self.proj(out))
+
+    def _keys(self, summary: Tensor) -> tuple[Tensor, Tensor]:
+        """eqs. (4), (5): K and V of the prefix tokens and the pooled windows."""
+        return self._heads(self.kv(self.norm_kv(summary)), 2)
 
 
 class Mlp(nn.Module):
@@ -176,8 +192,10 @@ class Block(nn.Module):
         self.norm = norm_layer(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
 
-    def forward(self, x: Tensor, grid: Sequence[int]) -> Tensor:
-        x = self.attn(x, grid)
+    def forward(self, x: Tensor, grid: Sequence[int], cp: TimeSharding | None = None) -> Tensor:
+        """`cp`: a `logo_attn.distributed.TimeSharding`, for attention layers that take one (the MLP
+        is per token: it runs on each rank's shard as it is)."""
+        x = self.attn(x, grid) if cp is None else self.attn(x, grid, cp=cp)
         return x + self.mlp(self.norm(x))
 
 

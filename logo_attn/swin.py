@@ -31,6 +31,7 @@ Where the results differ from MONAI's (see also ``swap_monai_attention``):
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import warnings
@@ -43,6 +44,7 @@ from torch.utils import checkpoint
 
 from . import backends, reference
 from .checks import as_shift, as_window, check_attention_dropout, check_heads
+from .distributed import TimeSharding
 from .geometry import NO_SHIFT, bias_table_shape, clip_shift, clip_window
 from .ops import local_attention
 
@@ -116,20 +118,39 @@ class WindowAttention3D(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """x: (B, D, H, W, dim) -> (B, D, H, W, dim)."""
+    def forward(self, x: Tensor, cp: TimeSharding | None = None) -> Tensor:
+        """x: (B, D, H, W, dim) -> (B, D, H, W, dim).
+
+        With ``cp`` (a `logo_attn.distributed.TimeSharding` of the clip's (D, H, W)), each rank passes
+        its own frames (``cp.shard_frames(x)``) and gets its frames of the one-process output; a
+        temporal shift hands ``shift_size[0]`` frames to the previous rank and back."""
         if not isinstance(x, Tensor) or x.dim() != 5 or x.shape[-1] != self.dim:
             shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"WindowAttention3D: x must be (B, D, H, W, dim={self.dim}), got {shape}")
+        grid = tuple(x.shape[1:4])
+        if cp is None or not cp.sharded:
+            if cp is not None:
+                cp.check_local_grid(grid, self.window_size, "WindowAttention3D")
+            return self._window_attention(x, self.shift_size, self._padding(grid) if self.zero_pad else (0, 0, 0))
+        clip = cp.check_local_grid(grid, self.window_size, "WindowAttention3D")
+        shift = clip_shift(clip, self.window_size, self.shift_size)
+        domain = cp.to_shifted(x, shift[0])
+        pad = (0, 0, 0)
+        if self.zero_pad:
+            pad = (cp.time_padding(self.window_size), *self._padding(grid)[1:])
+        out = self._window_attention(domain, cp.local_shift(shift), pad)
+        return cp.from_shifted(out, shift[0])
+
+    def _window_attention(self, x: Tensor, shift: Sequence[int], pad: Sequence[int]) -> Tensor:
+        """The module's function on (B, D, H, W, dim) tokens with `pad` zero tokens appended per axis."""
         B, *grid, C = x.shape
         grid = tuple(grid)
-        pad = self._padding(grid) if self.zero_pad else (0, 0, 0)
         if any(pad):
             x = F.pad(x, (0, 0, 0, pad[2], 0, pad[1], 0, pad[0]))
         padded = tuple(g + p for g, p in zip(grid, pad))
         # (B, D, H, W, 3*dim) -> three strided (B, N, heads, head_dim) views, no copy
         q, k, v = self.qkv(x).reshape(B, math.prod(padded), 3, self.num_heads, C // self.num_heads).unbind(2)
-        out = self._attend(q, k, v, padded).view(B, *padded, C)
+        out = self._attend(q, k, v, padded, shift).view(B, *padded, C)
         if any(pad):
             out = out[:, : grid[0], : grid[1], : grid[2]]
         return self.proj_drop(self.proj(out))
@@ -138,15 +159,15 @@ class WindowAttention3D(nn.Module):
         """Zero tokens appended per axis to reach whole (clipped) windows, as MONAI pads."""
         return tuple(-g % w for g, w in zip(grid, clip_window(grid, self.window_size)))
 
-    def _attend(self, q: Tensor, k: Tensor, v: Tensor, grid: tuple[int, ...]) -> Tensor:
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, grid: tuple[int, ...], shift: Sequence[int]) -> Tensor:
         # The table is a few thousand numbers: a contiguous copy costs nothing and every backend reads it.
         bias = bias_table_view(self.relative_position_bias_table, self.window_size).contiguous()
         if self.training and self.attn_drop > 0:
             window = clip_window(grid, self.window_size)
-            shift = clip_shift(grid, self.window_size, self.shift_size)
+            shift = clip_shift(grid, self.window_size, shift)
             return reference.local_attention_with_lse(q, k, v, grid, window, self.scale, shift=shift, bias=bias,
                                                       dropout_p=self.attn_drop)[0]
-        return local_attention(q, k, v, grid, self.window_size, shift=self.shift_size, bias=bias, scale=self.scale,
+        return local_attention(q, k, v, grid, self.window_size, shift=shift, bias=bias, scale=self.scale,
                                backend=self.backend)
 
     @classmethod
@@ -201,18 +222,20 @@ class SwinBlock3D(nn.Module):
         new = cls(block.norm1, attn, block.drop_path, block.norm2, block.mlp, block.use_checkpoint)
         return new.train(block.training)
 
-    def attention_part(self, x: Tensor) -> Tensor:
+    def attention_part(self, x: Tensor, cp: TimeSharding | None = None) -> Tensor:
         """MONAI's ``forward_part1``: attention of the normalised tokens, before drop_path and residual."""
-        return self.attn(self.norm1(x))
+        return self.attn(self.norm1(x), cp=cp)
 
     def mlp_part(self, x: Tensor) -> Tensor:
         """MONAI's ``forward_part2``."""
         return self.drop_path(self.mlp(self.norm2(x)))
 
-    def forward(self, x: Tensor, mask_matrix: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, mask_matrix: Tensor | None = None, cp: TimeSharding | None = None) -> Tensor:
         """x: (B, D, H, W, C). `mask_matrix` (MONAI's region mask) is accepted so that the block also
-        runs inside an unswapped MONAI ``BasicLayer``, and ignored: the windows come from the shift."""
-        grid = tuple(x.shape[1:4])
+        runs inside an unswapped MONAI ``BasicLayer``, and ignored: the windows come from the shift.
+        With ``cp`` (see `WindowAttention3D.forward`) x is this rank's frames; the ranks of a clip
+        draw the same stochastic-depth masks (`TimeSharding.same_random`)."""
+        grid = tuple(x.shape[1:4]) if cp is None else (cp.grid[0], *x.shape[2:4])
         if x.dim() == 5 and not torch.compiler.is_compiling() and monai_bias_differs(grid, self.attn.window_size):
             warnings.warn(
                 f"grid {grid} clips window {self.attn.window_size} so that MONAI's relative_position_index[:n, :n] "
@@ -220,11 +243,17 @@ class SwinBlock3D(nn.Module):
                 "output differs from MONAI's WindowAttention here",
                 stacklevel=1,  # the caller is nn.Module's dispatch: pointing here says more
             )
+        same_random = contextlib.nullcontext if cp is None else cp.same_random
+        with same_random():
+            x = x + self.drop_path(self._run(self.attention_part, x, cp))
+        with same_random():
+            return x + self._run(self.mlp_part, x)
+
+    def _run(self, part, *args) -> Tensor:
+        """`part(*args)`, recomputed in backward when ``use_checkpoint`` (as MONAI does)."""
         if self.use_checkpoint:
-            x = x + self.drop_path(checkpoint.checkpoint(self.attention_part, x, use_reentrant=False))
-            return x + checkpoint.checkpoint(self.mlp_part, x, use_reentrant=False)
-        x = x + self.drop_path(self.attention_part(x))
-        return x + self.mlp_part(x)
+            return checkpoint.checkpoint(part, *args, use_reentrant=False)
+        return part(*args)
 
 
 class SwinStage3D(nn.Module):

@@ -1,7 +1,8 @@
 """The import directions of docs/architecture.md, read from the source (ast), so a new import that
 breaks the layering fails here:
 
-    application (logo_attn.logoformer) -> layers (layers, baselines) -> ops -> dispatcher (backends)
+    application (logo_attn.logoformer) -> layers (layers, baselines, swin) -> context parallelism
+    (distributed) -> ops -> dispatcher (backends)
     -> backends (reference, _cpp, kernels) -> shared leaves (geometry, checks, flops)
 
 A module may import modules of lower layers and of its own package; kernels/ imports nothing of the
@@ -18,6 +19,7 @@ LAYERS = {
     "logo_attn.logoformer": 6,
     "logo_attn.train": 7, "logo_attn.evaluate": 7,  # the command-line entry points, above the application
     "logo_attn.layers": 5, "logo_attn.baselines": 5, "logo_attn.swin": 5,
+    "logo_attn.distributed": 4.5,  # context parallelism: uses the ops, used by the layers
     "logo_attn.ops": 4,
     "logo_attn.info": 3.5, "logo_attn.backends": 3,
     "logo_attn.reference": 2, "logo_attn._cpp": 2, "logo_attn._extension": 2, "logo_attn.kernels": 2,
