@@ -165,6 +165,38 @@ def _compiled_case(group) -> dict:
     return {"out": _excess(compiled, eager), "dx": _excess(compiled_in.grad, eager_in.grad)}
 
 
+def _training_case(group) -> dict:
+    """One SAM step of LOGOFormer (the training's train_step) with its clips' frames split over the
+    group and DDP over it, against the step of one process on the whole clips."""
+    from logo_attn import LOGOFormer
+    from logo_attn.logoformer.config import TrainConfig
+    from logo_attn.logoformer.distributed import Runtime
+    from logo_attn.logoformer.loop import train_step
+    from logo_attn.logoformer.losses import CompactLoss
+    from logo_attn.logoformer.optim import SAM
+
+    runtime = Runtime(TrainConfig(device="cpu", amp="off"))  # autocast off; the group is the test's
+    clips = torch.randn(3, 7, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    targets = torch.tensor([0, 1, 2])
+
+    def step(cp):
+        torch.manual_seed(0)
+        # eval(): BatchNorm with running statistics, the same on a rank's frames as on the clip's
+        model = LOGOFormer(num_classes=3, num_frames=7, img_size=16, embed_dim=24, depth=2, num_heads=2,
+                           window=(2, 1, 2), backend="torch").eval()
+        optimizer = SAM(model.parameters(), torch.optim.SGD, rho=0.5, lr=0.5)
+        if cp is None:
+            train_step(model, clips, targets, CompactLoss(1.0), optimizer, runtime)
+        else:
+            ddp = nn.parallel.DistributedDataParallel(model, process_group=group)
+            train_step(ddp, cp.shard_frames(clips), targets, CompactLoss(1.0), optimizer, runtime, cp)
+        return model.state_dict()
+
+    want = step(None)
+    got = step(TimeSharding(group, (7, 1, 1), (2, 1, 2)))
+    return {key: _excess(got[key].float(), want[key].float()) for key in want}
+
+
 def _refusals(group, rank: int) -> dict:
     """Bad input fails with a clear error on every rank (a hang would hit the gloo timeout)."""
     found = {}
@@ -225,6 +257,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     for i, case in enumerate(SWIN_CASES):
         record(f"swin{i}", lambda: _swin_case(case, group))
     record("swin_block", lambda: _swin_block_case(group, rank))
+    record("training", lambda: _training_case(group))
     record("refusals", lambda: _refusals(group, rank))
     record("one_rank", lambda: _one_rank_case(rank))
     if world == 2:
@@ -270,6 +303,10 @@ def test_swin_block_and_stochastic_depth(results):
     _assert_within(results, "swin_block")
 
 
+def test_training_step_equals_one_process(results):
+    _assert_within(results, "training")
+
+
 def test_compiled_sharded_layer_equals_eager(results):
     _assert_within(results, "compiled")
 
@@ -283,3 +320,34 @@ def test_group_of_one_rank_is_the_one_process_path(results):
 def test_bad_input_fails_on_every_rank(results):
     for rank, found in enumerate(_errors(results, "refusals")):
         assert all(v == "ok" for v in found.values()), f"rank {rank}: {found}"
+
+
+TRAIN_ARGS = ["--dataset", "synthetic", "--synthetic-clips", "8", "4", "4", "--epochs", "1", "--batch-size", "4",
+              "--image-size", "16", "--embed-dim", "24", "--depth", "1", "--num-heads", "2", "--no-progress"]
+
+
+def test_torchrun_context_parallel_training(tmp_path):
+    # The CLI under torchrun: 2 CPU processes forming one clip group of 2 ranks.
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(_free_port()), "-m", "logo_attn.train", "--context-parallel", "2", *TRAIN_ARGS,
+               "--out-dir", str(tmp_path / "run")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "context parallel: 1 clip group(s) of 2 ranks, frames [(0, 4), (4, 8)]" in result.stderr
+    assert "BatchNorm per rank" in result.stderr
+    assert '"clips": 4' in (tmp_path / "run" / "test_metrics.json").read_text()
+
+
+def test_context_parallel_flag_refusals(capsys, tmp_path):
+    from logo_attn.logoformer.train import main
+
+    for extra, message in ((["--context-parallel", "2"], "context_parallel 2 must divide the 1 process(es)"),
+                           (["--context-parallel", "2", "--attention", "full"], "needs attention 'logo'"),
+                           (["--context-parallel", "0"], "context_parallel must be >= 1")):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*TRAIN_ARGS, *extra, "--out-dir", str(tmp_path)])
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err

@@ -78,6 +78,8 @@ class TrainConfig:
     device: str = _setting("auto", "auto, cpu or cuda")
     amp: str = _setting("auto", "autocast: auto (bf16 on CUDA, off on CPU), bf16 or off")
     progress: bool = _setting(True, "progress bars")
+    context_parallel: int = _setting(1, "ranks per clip: each clip's frames split over K ranks (LOGO attention; "
+                                        "the processes form world/K clip groups)")
 
     def check(self) -> None:
         choices = {"dataset": DATASETS, "attention": ATTENTIONS, "optimizer": OPTIMIZERS,
@@ -100,6 +102,10 @@ class TrainConfig:
             raise UsageError(f"rho, reg_weight, backbone_lr_scale, lr, warmup_epochs and workers must be >= 0, got "
                              f"{self.rho}, {self.reg_weight}, {self.backbone_lr_scale}, {self.lr}, "
                              f"{self.warmup_epochs} and {self.workers}")
+        if self.context_parallel < 1:
+            raise UsageError(f"context_parallel must be >= 1, got {self.context_parallel}")
+        if self.context_parallel > 1 and self.attention != "logo":
+            raise UsageError(f"context_parallel {self.context_parallel} needs attention 'logo', not {self.attention!r}")
         if self.embed_dim % self.num_heads:
             raise UsageError(f"embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})")
 

@@ -1,4 +1,6 @@
-"""The processes of a run: device, bf16 autocast and the DDP process group (torchrun)."""
+"""The processes of a run: device, bf16 autocast, the DDP process group (torchrun) and, with
+``--context-parallel K``, the clip groups of K ranks each (their time sharding is the library's
+`logo_attn.distributed.TimeSharding`)."""
 
 from __future__ import annotations
 
@@ -28,6 +30,17 @@ class Runtime:
         self.distributed = self.world_size > 1
         if self.distributed and not dist.is_initialized():
             dist.init_process_group("nccl" if use_cuda else "gloo")
+        self.context_size = config.context_parallel
+        if self.world_size % self.context_size:
+            raise UsageError(f"context_parallel {self.context_size} must divide the {self.world_size} process(es)")
+        # ranks g*K .. g*K + K-1 share clip group g; every rank creates every group (new_group is collective)
+        self.data_size, self.data_rank = self.world_size // self.context_size, self.rank // self.context_size
+        self.context_group = None
+        if self.context_size > 1:
+            for g in range(self.data_size):
+                group = dist.new_group(list(range(g * self.context_size, (g + 1) * self.context_size)))
+                if g == self.data_rank:
+                    self.context_group = group
         amp = config.amp if config.amp != "auto" else ("bf16" if use_cuda else "off")
         self.autocast_dtype = torch.bfloat16 if amp == "bf16" else None
 

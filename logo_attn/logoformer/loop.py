@@ -10,6 +10,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from ..distributed import TimeSharding
 from .config import TrainConfig
 from .distributed import Runtime
 from .optim import SAM, frozen_bn_stats
@@ -18,21 +19,24 @@ OPTIMIZER_CLASSES = {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}
 
 
 def train_step(model: nn.Module, clips: Tensor, targets: Tensor, criterion: nn.Module,
-               optimizer: torch.optim.Optimizer, runtime: Runtime) -> tuple[Tensor, Tensor]:
+               optimizer: torch.optim.Optimizer, runtime: Runtime, cp: TimeSharding | None = None
+               ) -> tuple[Tensor, Tensor]:
     """One optimisation step; returns the (detached) loss and logits of the first forward pass.
 
     With `SAM` both passes are ordinary (DDP-synchronised) forward/backward passes, so the
     perturbation uses the global gradient (see `logo_attn.optim`); the second forward leaves the
-    BatchNorm running statistics alone.
+    BatchNorm running statistics alone. With `cp` (context parallelism) `clips` are this rank's
+    frames and the model, DDP over every rank, returns the clip's logits on each rank of its group.
     """
+    forward = {} if cp is None else {"cp": cp}
     with runtime.autocast():
-        logits = model(clips)
+        logits = model(clips, **forward)
         loss = criterion(logits, targets)
     loss.backward()
     if isinstance(optimizer, SAM):
         optimizer.first_step(zero_grad=True)
         with frozen_bn_stats(model), runtime.autocast():
-            criterion(model(clips), targets).backward()
+            criterion(model(clips, **forward), targets).backward()
         optimizer.second_step(zero_grad=True)
     else:
         optimizer.step()

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from .. import backends
 from ..baselines import DividedAttention, FullAttention
 from ..checks import as_int, as_window
+from ..distributed import TimeSharding
 from ..geometry import clip_window
 from ..layers import Block, LOGOBlock
 
@@ -239,13 +240,17 @@ class LOGOFormer(nn.Module):
         except RuntimeError as error:
             raise ValueError(f"backbone_weights {path} does not match ResNet-18 layers conv1..layer3: {error}") from None
 
-    def features(self, clips: Tensor) -> Tensor:
-        """Embedded grid tokens (B, F*H*W, embed_dim) with positional embedding, before the CLS token."""
-        if not isinstance(clips, Tensor) or clips.dim() != 5 or tuple(clips.shape[1:]) != self.input_shape:
+    def features(self, clips: Tensor, cp: TimeSharding | None = None) -> Tensor:
+        """Embedded grid tokens (B, F*H*W, embed_dim) with positional embedding, before the CLS token
+        (with `cp`: this rank's frames in, this rank's tokens out)."""
+        frames = self.input_shape[0] if cp is None else cp.local_frames()
+        expected = (frames, *self.input_shape[1:])
+        if not isinstance(clips, Tensor) or clips.dim() != 5 or tuple(clips.shape[1:]) != expected:
             shape = tuple(clips.shape) if isinstance(clips, Tensor) else type(clips).__name__
+            where = "" if cp is None else f" (frames {cp.frame_range} of the clip's {self.input_shape[0]}: this rank's shard)"
             raise ValueError(
-                f"LOGOFormer expects clips of shape (B, {', '.join(map(str, self.input_shape))}) "
-                f"(num_frames, 3, img_size), got {shape}"
+                f"LOGOFormer expects clips of shape (B, {', '.join(map(str, expected))}) "
+                f"(num_frames, 3, img_size){where}, got {shape}"
             )
         weight_dtype = self.pos_embed.dtype
         if not clips.is_floating_point():
@@ -257,10 +262,22 @@ class LOGOFormer(nn.Module):
         B, T = clips.shape[:2]
         maps = self.embed(self.backbone(clips.flatten(0, 1)))  # (B*T, D, h, w)
         tokens = maps.unflatten(0, (B, T)).permute(0, 1, 3, 4, 2).flatten(1, 3)  # row-major (F, H, W)
-        return tokens + self.pos_embed
+        return tokens + (self.pos_embed if cp is None else cp.shard(self.pos_embed))
 
-    def forward(self, clips: Tensor) -> Tensor:
-        tokens = self.features(clips)
+    def forward(self, clips: Tensor, cp: TimeSharding | None = None) -> Tensor:
+        """Logits (B, num_classes) of clips (B, T, 3, H, W).
+
+        With ``cp`` (a `logo_attn.distributed.TimeSharding` of `grid`, LOGO attention only) each rank
+        passes its own frames, ``cp.shard_frames(clips)``; the trunk runs on them alone (BatchNorm in
+        training mode then normalises over this rank's frames: convert it to SyncBatchNorm over the
+        group for the one-process statistics), the CLS token lives on rank 0, and every rank gets the
+        clip's logits. Each rank's backward of a loss on them adds the loss's gradient once, so the
+        group's gradients sum to ``cp.size`` times the one-process gradient, which is what DDP's mean
+        over all ``data x context`` ranks turns into the mean over clips.
+        """
+        if cp is not None and self.attention != "logo":
+            raise ValueError(f"LOGOFormer: cp= (context parallelism) needs attention='logo', not {self.attention!r}")
+        tokens = self.features(clips, cp)
         B, _, D = tokens.shape
         cls = (self.cls_token + self.cls_pos_embed).expand(B, 1, D)
         if self.attention == "spatial":
@@ -269,6 +286,13 @@ class LOGOFormer(nn.Module):
             for block in self.blocks:
                 x = block(x, (1, Hg, Wg))
             summary = x[:, 0].reshape(B, Fg, D).mean(dim=1)  # temporal mean of the per-frame CLS tokens
+        elif cp is not None:
+            # the prefix this rank holds: the CLS token on rank 0, an empty slice elsewhere (which still
+            # gives cls_token a (zero) gradient on every rank, as DDP expects of every parameter)
+            x = torch.cat([cls[:, : cp.local_prefix(1)], tokens], dim=1)
+            for block in self.blocks:
+                x = block(x, self.grid, cp=cp)
+            summary = cp.broadcast_prefix(x, 1)[:, 0]
         else:
             x = torch.cat([cls, tokens], dim=1)
             for block in self.blocks:

@@ -18,7 +18,9 @@ the optimizer alone. The loss is `CompactLoss` (cross-entropy + ``reg_weight`` x
 
 Several processes: ``torchrun --nproc_per_node N -m logo_attn.train ...`` (DDP; NCCL on GPUs, gloo on
 CPU; also multi-node with torchrun's usual flags). ``batch_size`` is the global batch, split across
-processes. On GPU the forward passes run under bf16 autocast (``--amp bf16``, the default there).
+processes. ``--context-parallel K`` splits each clip's frames over K ranks instead
+(`logo_attn.distributed.TimeSharding`; the N processes form N/K clip groups, the batch is split
+across the groups, DDP still spans all N; evaluation runs unsharded, each rank a share of the clips). On GPU the forward passes run under bf16 autocast (``--amp bf16``, the default there).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
+from ..distributed import TimeSharding
 from . import data as clip_data
 from .checkpoints import check_same_model, load_checkpoint, load_weights, save_checkpoint
 from .config import TrainConfig, parse_config
@@ -54,6 +57,28 @@ def build_model(config: TrainConfig, num_classes: int) -> LOGOFormer:
         pool=config.pool, backend=config.backend, head_drop=config.head_drop,
         backbone_weights=config.backbone_weights,
     )
+
+
+def context_sharding(model: LOGOFormer, config: TrainConfig, runtime: Runtime) -> TimeSharding | None:
+    """The time sharding of the model's grid over this rank's clip group (``--context-parallel K``),
+    or None. On CUDA the trunk's BatchNorm becomes SyncBatchNorm over the group, so that it
+    normalises over the whole clip's frames as one process would; PyTorch's SyncBatchNorm does not
+    run on CPU, where each rank's BatchNorm sees only its own frames (`_batchnorm_note`)."""
+    if runtime.context_size == 1:
+        return None
+    try:
+        cp = TimeSharding(runtime.context_group, model.grid, model.blocks[0].attn.window)
+    except ValueError as error:
+        raise UsageError(f"--context-parallel {runtime.context_size}: {error}") from None
+    if runtime.device.type == "cuda":
+        model.backbone = nn.SyncBatchNorm.convert_sync_batchnorm(model.backbone, process_group=runtime.context_group)
+    return cp
+
+
+def _batchnorm_note(runtime: Runtime) -> str:
+    if runtime.device.type == "cuda":
+        return "synchronised over each clip group (SyncBatchNorm)"
+    return "per rank: on CPU each rank normalises over its own frames only (SyncBatchNorm needs a GPU)"
 
 
 def build_datasets(config: TrainConfig) -> tuple[Dataset, Dataset, Dataset, tuple[str, ...]]:
@@ -101,11 +126,13 @@ def train(config: TrainConfig) -> dict:
 
 def _train(config: TrainConfig, runtime: Runtime) -> dict:
     out_dir = Path(config.out_dir or f"runs/{config.dataset}-{config.attention}")
-    if config.batch_size % runtime.world_size:
-        raise UsageError(f"batch_size {config.batch_size} must be divisible by the {runtime.world_size} processes")
+    if config.batch_size % runtime.data_size:
+        raise UsageError(f"batch_size {config.batch_size} must be divisible by the {runtime.data_size} clip group(s) "
+                         f"({runtime.world_size} processes, {runtime.context_size} per clip)")
     torch.manual_seed(config.seed)  # the same initial weights in every process
     train_set, val_set, test_set, class_names = build_datasets(config)
     model = build_model(config, len(class_names)).to(runtime.device)
+    cp = context_sharding(model, config, runtime)
     optimizer = build_optimizer(model, config)
     start_epoch, best = 0, {"epoch": None, "val_uar": -1.0, "val_war": -1.0}
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
@@ -123,14 +150,18 @@ def _train(config: TrainConfig, runtime: Runtime) -> dict:
         print(f"{config.dataset}: {len(train_set)} train / {len(val_set)} val / {len(test_set)} test clips; "
               f"model {config.attention} (grid {model.grid}), {sum(p.numel() for p in model.parameters()):,} "
               f"parameters; device {runtime.device}, {runtime.world_size} process(es); out {out_dir}", file=sys.stderr)
+        if cp is not None:
+            print(f"context parallel: {runtime.data_size} clip group(s) of {runtime.context_size} ranks, frames "
+                  f"{cp.frames} of each clip; BatchNorm {_batchnorm_note(runtime)}", file=sys.stderr)
 
     ddp_model = model
     if runtime.distributed:
         ddp_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)
-    sampler = DistributedSampler(train_set, runtime.world_size, runtime.rank, shuffle=True, seed=config.seed,
+    # a clip group's ranks load the same clips (each keeps its frames); the groups split the data
+    sampler = DistributedSampler(train_set, runtime.data_size, runtime.data_rank, shuffle=True, seed=config.seed,
                                  drop_last=True)
-    loader = DataLoader(train_set, batch_size=config.batch_size // runtime.world_size, sampler=sampler,
+    loader = DataLoader(train_set, batch_size=config.batch_size // runtime.data_size, sampler=sampler,
                         num_workers=config.workers, pin_memory=runtime.device.type == "cuda", drop_last=True)
     if len(loader) == 0:
         raise UsageError(f"the training split ({len(train_set)} clips) is smaller than one batch ({config.batch_size}): "
@@ -150,7 +181,9 @@ def _train(config: TrainConfig, runtime: Runtime) -> dict:
             for group in optimizer.param_groups:
                 group["lr"] = config.lr * group["lr_scale"] * lr_factor(config, epoch + step / steps)
             clips, targets = clips.to(runtime.device, non_blocking=True), targets.to(runtime.device, non_blocking=True)
-            loss, logits = train_step(ddp_model, clips, targets, criterion, optimizer, runtime)
+            if cp is not None:
+                clips = cp.shard_frames(clips)
+            loss, logits = train_step(ddp_model, clips, targets, criterion, optimizer, runtime, cp)
             loss_sum += loss.float() * len(targets)
             correct += (logits.argmax(dim=1) == targets).sum()
             seen += len(targets)
