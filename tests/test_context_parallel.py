@@ -226,6 +226,22 @@ def _refusals(group, rank: int) -> dict:
     return found
 
 
+def _unshard_case(group) -> dict:
+    """unshard(shard(x)) is x on every rank; its backward is the adjoint: every rank's loss on the whole
+    tensor sends its gradient to the owner, so a shard's gradient is the group's sum (R times c here)."""
+    errors = {}
+    for prefix in (0, 1):
+        cp = TimeSharding(group, (7, 2, 3), (2, 2, 2))
+        x = torch.randn(BATCH, prefix + 42, DIM, generator=torch.Generator().manual_seed(prefix))
+        c = torch.randn(x.shape, generator=torch.Generator().manual_seed(9))
+        mine = cp.shard(x, prefix).clone().requires_grad_()
+        whole = cp.unshard(mine, prefix)
+        (whole * c).sum().backward()
+        errors[f"forward_prefix{prefix}"] = _excess(whole, x)
+        errors[f"backward_prefix{prefix}"] = _excess(mine.grad, cp.size * cp.shard(c, prefix))
+    return errors
+
+
 def _one_rank_case(rank: int) -> dict:
     """A group of one rank: the one-process path, the sharding's shard/unshard the identity."""
     singles = [dist.new_group([r]) for r in range(dist.get_world_size())]  # collective: every rank makes every group
@@ -258,6 +274,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         record(f"swin{i}", lambda: _swin_case(case, group))
     record("swin_block", lambda: _swin_block_case(group, rank))
     record("training", lambda: _training_case(group))
+    record("unshard", lambda: _unshard_case(group))
     record("refusals", lambda: _refusals(group, rank))
     record("one_rank", lambda: _one_rank_case(rank))
     if world == 2:
@@ -301,6 +318,10 @@ def test_window_attention_equals_one_process(results, index):
 
 def test_swin_block_and_stochastic_depth(results):
     _assert_within(results, "swin_block")
+
+
+def test_unshard_inverts_shard(results):
+    _assert_within(results, "unshard")
 
 
 def test_training_step_equals_one_process(results):

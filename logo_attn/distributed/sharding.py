@@ -11,7 +11,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from ..checks import as_grid, as_int, as_window
-from ..geometry import clip_shift, clip_window
+from ..geometry import clip_window
 from ..ops import global_attention
 from . import split
 from .collectives import GatherTokens, PassFrames
@@ -259,9 +259,6 @@ class TimeSharding:
         return global_attention(q, k, v, backend=backend)
 
     # ---- shifted windows ---------------------------------------------------------------------
-
-    def temporal_shift(self, grid: Sequence[int], window: Sequence[int], shift: Sequence[int]) -> int:
-        return clip_shift(grid, window, shift)[0]
 
     def to_shifted(self, x: Tensor, shift: int, dim: int = 1) -> Tensor:
         """This rank's frames (along `dim`) -> its shifted domain: hand the first `shift` frames to the
