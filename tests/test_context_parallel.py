@@ -25,6 +25,9 @@ from logo_attn.distributed import TimeSharding
 from logo_attn.layers import Mlp
 from logo_attn.swin import SwinBlock3D
 
+# One pytest-xdist worker runs this module, so that each spawned group below starts once.
+pytestmark = pytest.mark.xdist_group("context_parallel")
+
 TOLERANCE = dict(rtol=1e-5, atol=1e-5)
 BACKENDS = ["torch"] + (["cpu"] if available_backends()["cpu"].available else [])
 DIM, HEADS, BATCH = 16, 2, 2
