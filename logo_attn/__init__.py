@@ -2,7 +2,8 @@
 
 The top level is the kernel library: the ops (`local_attention`, `global_attention`,
 `window_pool`), the layers built on them, the baselines they are compared with, Swin's window
-attention (`WindowAttention3D`, `swap_monai_attention`), and `available_backends`. `LOGOFormer`,
+attention (`WindowAttention3D`, `swap_monai_attention`), and `available_backends`; context
+parallelism (one clip's grid split along time over a process group) is `logo_attn.distributed`. `LOGOFormer`,
 the paper's model, lives in the application subpackage `logo_attn.logoformer`; it is importable
 from here too, loaded only when asked for, so importing the library never imports the application.
 """

@@ -10,6 +10,7 @@ gradients after summing them over the group, all in float32 at 1e-5.
 from __future__ import annotations
 
 import datetime
+import itertools
 import os
 import socket
 import traceback
@@ -232,16 +233,24 @@ def _refusals(group, rank: int) -> dict:
 def _unshard_case(group) -> dict:
     """unshard(shard(x)) is x on every rank; its backward is the adjoint: every rank's loss on the whole
     tensor sends its gradient to the owner, so a shard's gradient is the group's sum (R times c here)."""
+    from torch.distributed.device_mesh import init_device_mesh
+
     errors = {}
-    for prefix in (0, 1):
-        cp = TimeSharding(group, (7, 2, 3), (2, 2, 2))
+    size = dist.get_world_size(group)
+    # the group three ways: a ProcessGroup, a 1-D DeviceMesh, the context dim of a data x context mesh
+    meshes = [(group, None), (init_device_mesh("cpu", (size,)), None),
+              (init_device_mesh("cpu", (1, size), mesh_dim_names=("data", "context")), "context")]
+    for prefix, (mesh, mesh_dim) in itertools.product((0, 1), meshes):
+        cp = TimeSharding(mesh, (7, 2, 3), (2, 2, 2), mesh_dim=mesh_dim)
+        assert cp.size == size
         x = torch.randn(BATCH, prefix + 42, DIM, generator=torch.Generator().manual_seed(prefix))
         c = torch.randn(x.shape, generator=torch.Generator().manual_seed(9))
         mine = cp.shard(x, prefix).clone().requires_grad_()
         whole = cp.unshard(mine, prefix)
         (whole * c).sum().backward()
-        errors[f"forward_prefix{prefix}"] = _excess(whole, x)
-        errors[f"backward_prefix{prefix}"] = _excess(mine.grad, cp.size * cp.shard(c, prefix))
+        errors[f"forward_prefix{prefix}_{type(mesh).__name__}{mesh_dim or ''}"] = _excess(whole, x)
+        errors[f"backward_prefix{prefix}_{type(mesh).__name__}{mesh_dim or ''}"] = _excess(
+            mine.grad, cp.size * cp.shard(c, prefix))
     return errors
 
 
