@@ -27,8 +27,9 @@ def _resolve_group(group, mesh_dim) -> dist.ProcessGroup:
         if mesh_dim is not None:
             raise TypeError("time sharding: mesh_dim is only for a DeviceMesh group")
         return group
-    mesh_type = getattr(getattr(dist, "device_mesh", None), "DeviceMesh", None)
-    if mesh_type is not None and isinstance(group, mesh_type):
+    from torch.distributed.device_mesh import DeviceMesh
+
+    if isinstance(group, DeviceMesh):
         if mesh_dim is None and group.ndim != 1:
             raise ValueError(f"time sharding: a {group.ndim}-D DeviceMesh needs mesh_dim (the context dimension)")
         return group.get_group(mesh_dim if mesh_dim is not None else 0)
@@ -299,6 +300,10 @@ class TimeSharding:
             yield
             return
         self._draws += 1
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self._seed + self._draws) % 2**63)
+        seed = (self._seed + self._draws) % 2**63
+        devices = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []  # this rank's GPU only
+        with torch.random.fork_rng(devices=devices):
+            torch.random.default_generator.manual_seed(seed)
+            if devices:
+                torch.cuda.manual_seed(seed)
             yield
