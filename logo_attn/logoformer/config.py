@@ -16,6 +16,7 @@ from pathlib import Path
 from . import data as clip_data
 from .errors import UsageError
 from .model import ATTENTIONS
+from .optional import require
 
 DATASETS = ("synthetic", "dfew", "ferv39k", "list")
 OPTIMIZERS = ("sgd", "adamw")
@@ -144,11 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_yaml(path: str | Path) -> dict:
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"config file {path} does not exist" + (" (it is a directory)" if path.is_dir() else ""))
+    yaml = require("yaml", f"reading the config file {path}")
     try:
         with open(path) as f:
             values = yaml.safe_load(f) or {}
