@@ -36,7 +36,9 @@ class TrainConfig:
     dataset: str = _setting("synthetic", "synthetic, dfew, ferv39k or list (annotation lists)")
     root: str | None = _setting(None, "dataset folder (DFEW, FERV39K); base of relative paths in lists")
     fold: int = _setting(1, "DFEW fold, 1-5")
-    frames_dir: str = _setting(clip_data.DFEW_FRAMES_DIR, "DFEW: folder of the clip folders, under root")
+    frames_dir: str | None = _setting(None, f"DFEW, FERV39K: folder of the clips (frame folders or videos) under "
+                                            f"root; default {clip_data.DFEW_FRAMES_DIR} or "
+                                            f"{clip_data.FERV39K_FRAMES_DIR}")
     train_list: str | None = _setting(None, "list: training annotation list ('path num_frames label' lines)")
     val_list: str | None = _setting(None, "list: validation list (default: val_fraction of the training list)")
     test_list: str | None = _setting(None, "list: test list")

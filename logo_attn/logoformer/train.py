@@ -71,8 +71,8 @@ def build_datasets(config: TrainConfig) -> tuple[Dataset, Dataset, Dataset, tupl
         train_records = clip_data.read_dfew(config.root, config.fold, "train", config.frames_dir)
         test_records = clip_data.read_dfew(config.root, config.fold, "test", config.frames_dir)
     elif config.dataset == "ferv39k":
-        train_records = clip_data.read_ferv39k(config.root, "train")
-        test_records = clip_data.read_ferv39k(config.root, "test")
+        train_records = clip_data.read_ferv39k(config.root, "train", config.frames_dir)
+        test_records = clip_data.read_ferv39k(config.root, "test", config.frames_dir)
     else:
         class_names = clip_data.EMOTIONS if config.num_classes == len(clip_data.EMOTIONS) else tuple(
             f"class {i}" for i in range(config.num_classes))
