@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from logo_attn.logoformer import train
 from logo_attn.logoformer.data import ClipRecord, FrameClipDataset, read_annotation_list, read_dfew, read_ferv39k
 from logo_attn.logoformer.video import count_frames, read_frames
 
@@ -163,3 +164,20 @@ def test_a_list_entry_that_is_neither_folder_nor_video(tmp_path):
     (tmp_path / "list.txt").write_text("notes.txt 3 1\n")
     with pytest.raises(ValueError, match=r"notes\.txt \(listed in .*list\.txt:1\) is neither a frame folder nor a video"):
         read_annotation_list(tmp_path / "list.txt")
+
+
+def test_a_broken_video_in_a_loader_worker_is_one_error_line(tmp_path, capsys):
+    # the error comes back from a DataLoader worker process, re-raised with the worker's traceback
+    encode(tmp_path / "good.mkv", random_frames(4))
+    (tmp_path / "bad.mp4").write_bytes(b"not a video")
+    (tmp_path / "list.txt").write_text("good.mkv 4 1\nbad.mp4 4 2\n")
+    lists = ["--train-list", str(tmp_path / "list.txt"), "--val-list", str(tmp_path / "list.txt"),
+             "--test-list", str(tmp_path / "list.txt")]
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--dataset", "list", *lists, "--num-classes", "2", "--segments", "2", "--duration", "1",
+                    "--image-size", "16", "--embed-dim", "16", "--depth", "1", "--num-heads", "2", "--batch", "2",
+                    "--epochs", "1", "--workers", "1", "--no-progress", "--out-dir", str(tmp_path / "run")])
+    assert exit_info.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == f"error: cannot read video {tmp_path / 'bad.mp4'} (listed in {tmp_path / 'list.txt'}:2): " \
+                   "Invalid data found when processing input", last
