@@ -7,6 +7,7 @@ that a FIFO that blocked would fail instead of hanging the suite."""
 import io
 import os
 import pickle
+import re
 import stat
 import subprocess
 import sys
@@ -178,3 +179,14 @@ def test_a_good_checkpoint_still_loads(tmp_path, real_checkpoint):
     torch.save(real_checkpoint[0], path, _use_new_zipfile_serialization=False)
     metrics = evaluate.evaluate(path, "test", tmp_path / "eval", progress=False)
     assert metrics["checkpoint_epoch"] == 1 and metrics["clips"] == 8
+
+
+@pytest.mark.parametrize("name", ["junk-text", "directory", "unreadable", "crafted-pickle-protocol-2"])
+def test_bad_backbone_weights_file(tmp_path, real_checkpoint, name):
+    # --backbone-weights reads a user's file through the same loader
+    path, marker = tmp_path / "resnet18.pth", tmp_path / "code-ran"
+    make_case(name, path, marker, real_checkpoint)
+    with pytest.raises(ValueError, match=re.escape(f"backbone_weights {path}")) as error:
+        build_model(parse_config([*TINY, "--backbone-weights", str(path)]), 4)
+    assert CASES[name][1].lower() in str(error.value).lower()
+    assert not marker.exists()
