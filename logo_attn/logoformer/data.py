@@ -152,19 +152,22 @@ def _require_file(path: Path, what: str) -> None:
         raise FileNotFoundError(f"{what} {path} does not exist")
 
 
+def _is_clip(path: Path) -> bool:
+    return path.is_dir() or (path.is_file() and video.is_video(path))
+
+
 def _find_clip(folder: Path, names: Sequence[str], source: str) -> Path:
     """The first of `names` under `folder` that is a frame folder or, with a video suffix, a video file."""
     for name in names:
-        candidates = [folder / name] + [folder / (name + suffix) for suffix in video.VIDEO_SUFFIXES]
-        for path in candidates:
-            if path.is_dir() or (path.is_file() and video.is_video(path)):
+        for path in [folder / name] + [folder / (name + suffix) for suffix in video.VIDEO_SUFFIXES]:
+            if _is_clip(path):
                 return path
     raise FileNotFoundError(f"clip {folder / names[0]} does not exist (listed in {source}): no frame folder and no "
                             f"{'/'.join(video.VIDEO_SUFFIXES)} video of that name")
 
 
 def _check_clip(path: Path, source: str) -> None:
-    if path.is_dir() or (path.is_file() and video.is_video(path)):
+    if _is_clip(path):
         return
     if not path.exists():
         raise FileNotFoundError(f"clip {path} does not exist (listed in {source})")
