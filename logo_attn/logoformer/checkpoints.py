@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pickle
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,8 +18,10 @@ from torch import nn
 
 from .config import MODEL_FIELDS, TrainConfig
 from .errors import UsageError
+from .torch_files import load_torch_file
 
 KEYS = ("model", "optimizer", "config", "epoch", "best", "class_names")
+BEST_KEYS = ("epoch", "val_uar", "val_war")
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -37,34 +38,54 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    """The checkpoint at `path`, checked to be one this application wrote; UsageError otherwise."""
+    """The checkpoint at `path`, checked to be one this application wrote; UsageError otherwise
+    (FileNotFoundError when there is no such file). Reads it with `load_torch_file`: nothing in the
+    file runs, whatever its bytes."""
     path = Path(path)
-    if path.is_dir():
-        raise UsageError(f"checkpoint {path} is a directory; give the file, e.g. {path / 'best.pt'}")
-    if not path.is_file():
-        raise UsageError(f"checkpoint {path} does not exist")
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        if "global" in str(error).lower():  # the weights-only unpickler met a class or function to import
-            raise UsageError(f"checkpoint {path} holds Python objects other than tensors and plain values; refusing "
-                             "to unpickle it (that could run arbitrary code)") from None
-        raise UsageError(f"checkpoint {path} is not a readable PyTorch file ({_unpickling_problem(error)})") from None
-    except (RuntimeError, EOFError, ValueError, OSError) as error:
-        raise UsageError(f"checkpoint {path} is not a readable PyTorch file ({_first_line(error)})") from None
-    if not isinstance(saved, dict) or not all(key in saved for key in KEYS) or not isinstance(saved["config"], dict):
-        found = sorted(saved) if isinstance(saved, dict) else type(saved).__name__
+    saved = load_torch_file(path, "checkpoint")
+    if not isinstance(saved, dict) or not all(key in saved for key in KEYS):
+        found = sorted(map(str, saved)) if isinstance(saved, dict) else f"a {type(saved).__name__}"
         raise UsageError(f"checkpoint {path} is not a logo_attn training checkpoint (expected the entries "
                          f"{', '.join(KEYS)}; found {found})")
+    wrong = [f"{key} ({problem})" for key, problem in _entry_problems(saved)]
+    if wrong:
+        raise UsageError(f"checkpoint {path} is not a logo_attn training checkpoint: wrong entries " + "; ".join(wrong))
     return saved
+
+
+def _entry_problems(saved: dict):
+    """(entry, what is wrong) for each entry of a loaded checkpoint that is not what `save_checkpoint` writes."""
+    model = saved["model"]
+    if not isinstance(model, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items()):
+        yield "model", "not a state_dict of tensors"
+    for key in ("optimizer", "config"):
+        if not isinstance(saved[key], dict):
+            yield key, f"a {type(saved[key]).__name__}, not a dict"
+    epoch = saved["epoch"]
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+        yield "epoch", f"{epoch!r}, not a count of epochs"
+    best = saved["best"]
+    if not isinstance(best, dict) or not all(key in best for key in BEST_KEYS):
+        yield "best", f"expected a dict with {', '.join(BEST_KEYS)}"
+    names = saved["class_names"]
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        yield "class_names", "not a list of strings"
 
 
 def load_weights(model: nn.Module, saved: dict, path: Path) -> None:
     """The checkpoint's weights into `model`; a checkpoint of another model is a UsageError."""
     try:
         model.load_state_dict(saved["model"])
-    except (RuntimeError, KeyError, TypeError) as error:
-        raise UsageError(f"checkpoint {path} does not fit the model its settings describe: {_first_line(error)}") from None
+    except Exception as error:  # noqa: BLE001 - the file's contents decide what load_state_dict raises
+        raise UsageError(f"checkpoint {path} does not fit the model its settings describe: {_gist(error)}") from None
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict, path: Path) -> None:
+    """The checkpoint's optimizer state into `optimizer`; one of another optimizer is a UsageError."""
+    try:
+        optimizer.load_state_dict(saved["optimizer"])
+    except Exception as error:  # noqa: BLE001 - as in load_weights
+        raise UsageError(f"checkpoint {path} does not fit the optimizer its settings describe: {_gist(error)}") from None
 
 
 def check_same_model(saved: dict, config: TrainConfig, path: Path) -> None:
@@ -74,18 +95,10 @@ def check_same_model(saved: dict, config: TrainConfig, path: Path) -> None:
         raise UsageError(f"{path} was trained with other model settings: " + "; ".join(differ))
 
 
-def _unpickling_problem(error: BaseException) -> str:
-    """The weights-only unpickler's own complaint, without PyTorch's advice to load unsafely."""
+def _gist(error: BaseException) -> str:
+    """The first two lines of an error (load_state_dict's second line names the first bad key)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    for i, line in enumerate(lines):
-        if "WeightsUnpickler error" in line:
-            return " ".join(lines[i + 1:i + 2]) or line
-    return lines[0] if lines else type(error).__name__
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    return " ".join(lines[:2]) if lines else type(error).__name__
 
 
 def _plain(value):

@@ -16,6 +16,7 @@ from pathlib import Path
 from . import data as clip_data
 from .errors import UsageError
 from .model import ATTENTIONS
+from .optional import require
 
 DATASETS = ("synthetic", "dfew", "ferv39k", "list")
 OPTIMIZERS = ("sgd", "adamw")
@@ -35,7 +36,9 @@ class TrainConfig:
     dataset: str = _setting("synthetic", "synthetic, dfew, ferv39k or list (annotation lists)")
     root: str | None = _setting(None, "dataset folder (DFEW, FERV39K); base of relative paths in lists")
     fold: int = _setting(1, "DFEW fold, 1-5")
-    frames_dir: str = _setting(clip_data.DFEW_FRAMES_DIR, "DFEW: folder of the clip folders, under root")
+    frames_dir: str | None = _setting(None, f"DFEW, FERV39K: folder of the clips (frame folders or videos) under "
+                                            f"root; default {clip_data.DFEW_FRAMES_DIR} or "
+                                            f"{clip_data.FERV39K_FRAMES_DIR}")
     train_list: str | None = _setting(None, "list: training annotation list ('path num_frames label' lines)")
     val_list: str | None = _setting(None, "list: validation list (default: val_fraction of the training list)")
     test_list: str | None = _setting(None, "list: test list")
@@ -150,11 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_yaml(path: str | Path) -> dict:
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"config file {path} does not exist" + (" (it is a directory)" if path.is_dir() else ""))
+    yaml = require("yaml", f"reading the config file {path}")
     try:
         with open(path) as f:
             values = yaml.safe_load(f) or {}

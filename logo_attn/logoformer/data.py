@@ -1,7 +1,9 @@
 """Clip datasets on disk (DFEW, FERV39K, annotation lists) with Former-DFER's frame sampling.
 
-Every clip is a folder of frame images (``.jpg``, ``.jpeg``, ``.png``, ``.bmp``), read in natural
-order (``frame_2`` before ``frame_10``). A clip yields ``segments * duration`` frames (8 x 2 = 16 by
+A clip is a folder of frame images (``.jpg``, ``.jpeg``, ``.png``, ``.bmp``, read in natural order:
+``frame_2`` before ``frame_10``; needs Pillow, the ``train`` extra) or a video file (``.mp4``, ``.avi``,
+``.mkv``... of `video.VIDEO_SUFFIXES`, its frames in presentation order; needs PyAV, the ``video``
+extra). Either way a clip yields ``segments * duration`` frames (8 x 2 = 16 by
 default) as Former-DFER samples them: the clip is cut into ``segments`` equal parts and from each part
 ``duration`` consecutive frames are taken, starting at a random offset for training and at the part's
 centre for evaluation. A clip too short for that is read from its start (a random frame when
@@ -11,17 +13,21 @@ training) and loops around. Frames go through `logo_attn.augment` and ImageNet n
 Layouts:
 
 - DFEW: ``<root>/EmoLabel_DataSplit/{train,test}(single-labeled)/set_<fold>.csv`` with a header
-  ``video_name,label`` (labels 1-7: happy, sad, neutral, angry, surprise, disgust, fear); the frames
-  of clip ``video_name`` are in ``<root>/<frames_dir>/<video_name zero-padded to 5 digits>`` (or
-  unpadded), ``frames_dir`` defaulting to ``Clip/clip_224x224``.
+  ``video_name,label`` (labels 1-7: happy, sad, neutral, angry, surprise, disgust, fear); clip
+  ``video_name`` is ``<root>/<frames_dir>/<video_name zero-padded to 5 digits>`` (or unpadded): a
+  frame folder, or that name plus a video suffix. ``frames_dir`` defaults to ``Clip/clip_224x224``
+  (the face-aligned frames the paper trains on); ``Clip/original`` holds DFEW's ``.mp4`` clips.
 - FERV39K: ``<root>/4_setups/All_scenes/{train,test}_All.csv``, one ``<scene>/<emotion>/<clip> <Emotion>``
-  per line (a header line is skipped); frames in ``<root>/2_ClipsforFaceCrop/<scene>/<emotion>/<clip>``.
-- Annotation list (the common DFER format): one ``path num_frames label`` per line, ``path``
-  absolute or relative to ``root``, labels counted from ``label_base`` (1 by default, as in the DFEW
-  split files). ``num_frames`` is informational: the folder's actual frames are used.
+  per line (a header line is skipped); the clip is ``<root>/<frames_dir>/<scene>/<emotion>/<clip>``,
+  a frame folder or that name plus a video suffix. ``frames_dir`` defaults to ``2_ClipsforFaceCrop``
+  (face crops); ``0_7_LabelClips`` holds FERV39K's ``.mp4`` clips.
+- Annotation list (the common DFER format): one ``path num_frames label`` per line, ``path`` (a
+  frame folder or a video file) absolute or relative to ``root``, labels counted from ``label_base``
+  (1 by default, as in the DFEW split files). ``num_frames`` is informational: the clip's actual
+  frames are used.
 
-Broken data raise errors that name the file: a missing split file or clip folder, an empty clip, an
-unreadable frame, or a label out of range (with the annotation file and line).
+Broken data raise errors that name the file: a missing split file or clip, an empty clip, an
+unreadable frame or video, or a label out of range (with the annotation file and line).
 """
 
 from __future__ import annotations
@@ -37,8 +43,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from . import augment
+from . import augment, video
 from .errors import UsageError
+from .optional import require
 
 __all__ = [
     "EMOTIONS",
@@ -57,11 +64,12 @@ __all__ = [
 EMOTIONS = ("happy", "sad", "neutral", "angry", "surprise", "disgust", "fear")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 DFEW_FRAMES_DIR = "Clip/clip_224x224"
+FERV39K_FRAMES_DIR = "2_ClipsforFaceCrop"
 
 
 @dataclass(frozen=True)
 class ClipRecord:
-    """One clip: its frame folder, class index (from 0) and where it was listed ("file:line")."""
+    """One clip: its frame folder or video file, class index (from 0) and where it was listed ("file:line")."""
 
     path: Path
     label: int
@@ -91,6 +99,7 @@ def list_frames(folder: str | Path, source: str = "") -> list[Path]:
 
 def load_frames(paths: Sequence[Path]) -> Tensor:
     """Read frames as ``(T, 3, H, W)`` uint8 RGB; frames of another size than the first are resized to it."""
+    require("PIL", "reading frame images")
     from PIL import Image, UnidentifiedImageError
 
     frames = []
@@ -143,10 +152,27 @@ def _require_file(path: Path, what: str) -> None:
         raise FileNotFoundError(f"{what} {path} does not exist")
 
 
-def _check_folders(records: Sequence[ClipRecord]) -> None:
-    for record in records:
-        if not record.path.is_dir():
-            raise FileNotFoundError(f"clip folder {record.path} does not exist (listed in {record.source})")
+def _is_clip(path: Path) -> bool:
+    return path.is_dir() or (path.is_file() and video.is_video(path))
+
+
+def _find_clip(folder: Path, names: Sequence[str], source: str) -> Path:
+    """The first of `names` under `folder` that is a frame folder or, with a video suffix, a video file."""
+    for name in names:
+        for path in [folder / name] + [folder / (name + suffix) for suffix in video.VIDEO_SUFFIXES]:
+            if _is_clip(path):
+                return path
+    raise FileNotFoundError(f"clip {folder / names[0]} does not exist (listed in {source}): no frame folder and no "
+                            f"{'/'.join(video.VIDEO_SUFFIXES)} video of that name")
+
+
+def _check_clip(path: Path, source: str) -> None:
+    if _is_clip(path):
+        return
+    if not path.exists():
+        raise FileNotFoundError(f"clip {path} does not exist (listed in {source})")
+    raise UsageError(f"clip {path} (listed in {source}) is neither a frame folder nor a video file "
+                     f"({', '.join(video.VIDEO_SUFFIXES)})")
 
 
 def _class_index(value: str, source: str, base: int, num_classes: int) -> int:
@@ -162,8 +188,9 @@ def _class_index(value: str, source: str, base: int, num_classes: int) -> int:
     return label - base
 
 
-def read_dfew(root: str | Path, fold: int, split: str, frames_dir: str = DFEW_FRAMES_DIR) -> list[ClipRecord]:
-    """Clips of DFEW fold `fold` (1-5), split "train" or "test"."""
+def read_dfew(root: str | Path, fold: int, split: str, frames_dir: str | None = None) -> list[ClipRecord]:
+    """Clips of DFEW fold `fold` (1-5), split "train" or "test"; `frames_dir` under `root` holds the clips
+    (default ``Clip/clip_224x224``)."""
     if fold not in range(1, 6):
         raise UsageError(f"DFEW fold must be 1..5, got {fold}")
     if split not in ("train", "test"):
@@ -171,9 +198,10 @@ def read_dfew(root: str | Path, fold: int, split: str, frames_dir: str = DFEW_FR
     root = Path(root)
     csv_path = root / "EmoLabel_DataSplit" / f"{split}(single-labeled)" / f"set_{fold}.csv"
     _require_file(csv_path, "DFEW split file")
-    clips_dir = root / frames_dir
+    clips_dir = root / (frames_dir or DFEW_FRAMES_DIR)
     if not clips_dir.is_dir():
-        raise FileNotFoundError(f"DFEW frames folder {clips_dir} does not exist (set frames_dir to where the clips are)")
+        raise FileNotFoundError(f"DFEW clips folder {clips_dir} does not exist (set frames_dir to where the clips "
+                                "are, e.g. Clip/original for DFEW's .mp4 clips)")
     records = []
     with open(csv_path, newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
@@ -188,21 +216,20 @@ def read_dfew(root: str | Path, fold: int, split: str, frames_dir: str = DFEW_FR
                 raise UsageError(f"{source}: expected 'video_name,label', got {row}")
             name = row[0].strip()
             label = _class_index(row[1].strip(), source, 1, len(EMOTIONS))
-            padded = clips_dir / (name.zfill(5) if name.isdigit() else name)
-            path = padded if padded.is_dir() or not (clips_dir / name).is_dir() else clips_dir / name
-            records.append(ClipRecord(path, label, source))
-    _check_folders(records)
+            names = [name.zfill(5), name] if name.isdigit() else [name]
+            records.append(ClipRecord(_find_clip(clips_dir, names, source), label, source))
     return records
 
 
-def read_ferv39k(root: str | Path, split: str) -> list[ClipRecord]:
-    """Clips of FERV39K's all-scenes setup, split "train" or "test"."""
+def read_ferv39k(root: str | Path, split: str, frames_dir: str | None = None) -> list[ClipRecord]:
+    """Clips of FERV39K's all-scenes setup, split "train" or "test"; `frames_dir` under `root` holds the
+    clips (default ``2_ClipsforFaceCrop``)."""
     if split not in ("train", "test"):
         raise UsageError(f"FERV39K split must be 'train' or 'test', got {split!r}")
     root = Path(root)
     list_path = root / "4_setups" / "All_scenes" / f"{split}_All.csv"
     _require_file(list_path, "FERV39K split file")
-    clips_dir = root / "2_ClipsforFaceCrop"
+    clips_dir = root / (frames_dir or FERV39K_FRAMES_DIR)
     records = []
     with open(list_path, encoding="utf-8-sig") as f:
         for line, text in enumerate(f, start=1):
@@ -216,8 +243,7 @@ def read_ferv39k(root: str | Path, split: str) -> list[ClipRecord]:
                     continue
                 raise UsageError(f"{source}: expected '<scene>/<emotion>/<clip> <Emotion>' with an emotion in "
                                  f"{', '.join(e.capitalize() for e in EMOTIONS)}, got {text.strip()!r}")
-            records.append(ClipRecord(clips_dir / fields[0], EMOTIONS.index(name), source))
-    _check_folders(records)
+            records.append(ClipRecord(_find_clip(clips_dir, [fields[0]], source), EMOTIONS.index(name), source))
     return records
 
 
@@ -237,10 +263,10 @@ def read_annotation_list(list_file: str | Path, root: str | Path | None = None, 
             if len(fields) != 3:
                 raise UsageError(f"{source}: expected 'path num_frames label', got {text.strip()!r}")
             label = _class_index(fields[2], source, label_base, num_classes)
+            _check_clip(base_dir / fields[0], source)
             records.append(ClipRecord(base_dir / fields[0], label, source))
     if not records:
         raise UsageError(f"annotation list {list_file} lists no clips")
-    _check_folders(records)
     return records
 
 
@@ -269,7 +295,9 @@ def split_train_val(records: Sequence[ClipRecord], val_fraction: float, seed: in
 
 
 class FrameClipDataset(Dataset):
-    """Clips from frame folders: ``(segments * duration, 3, image_size, image_size)`` float32 and a label.
+    """Clips from frame folders or video files: ``(segments * duration, 3, image_size, image_size)``
+    float32 and a label. The decoders the clips need (Pillow, PyAV) are checked here, before any
+    DataLoader worker starts.
 
     Args:
         records: the clips (from `read_dfew`, `read_ferv39k`, `read_annotation_list`).
@@ -294,15 +322,26 @@ class FrameClipDataset(Dataset):
         bad = [r for r in self.records if not 0 <= r.label < self.num_classes]
         if bad:
             raise UsageError(f"{bad[0].source}: label index {bad[0].label} outside 0..{self.num_classes - 1}")
+        videos = [r for r in self.records if video.is_video(r.path)]
+        if videos:
+            require("av", f"reading video clips such as {videos[0].path}")
+        if len(videos) < len(self.records):
+            folder = next(r for r in self.records if not video.is_video(r.path))
+            require("PIL", f"reading frame images such as those in {folder.path}")
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         record = self.records[index]
-        frames = list_frames(record.path, record.source)
-        indices = sample_indices(len(frames), self.segments, self.duration, self.train)
-        clip = load_frames([frames[i] for i in indices])
+        if video.is_video(record.path):
+            indices = sample_indices(video.count_frames(record.path, record.source), self.segments, self.duration,
+                                     self.train)
+            clip = video.read_frames(record.path, indices, record.source)
+        else:
+            frames = list_frames(record.path, record.source)
+            indices = sample_indices(len(frames), self.segments, self.duration, self.train)
+            clip = load_frames([frames[i] for i in indices])
         if self.train:
             clip = augment.train_transform(clip, self.image_size, self.crop_scale)
         else:

@@ -22,6 +22,14 @@ def run_command(main: Callable[[Sequence[str] | None], object], argv: Sequence[s
     try:
         main(argv)
     except USER_ERRORS as error:
-        message = " ".join(str(error).split())  # one line, whatever the message's own layout
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {_one_line(str(error))}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _one_line(message: str) -> str:
+    # A DataLoader worker's error (a broken clip) comes back re-raised with the worker's traceback in
+    # its message; what the user needs is the last line of that traceback, the original message.
+    lines = message.strip().splitlines()
+    if lines and lines[0].startswith("Caught ") and "in DataLoader worker process" in lines[0]:
+        message = lines[-1].split(": ", 1)[-1]
+    return " ".join(message.split())  # one line, whatever the message's own layout

@@ -18,7 +18,7 @@ from pathlib import Path
 from .checkpoints import load_checkpoint, load_weights
 from .config import TrainConfig, make_config
 from .distributed import Runtime
-from .errors import run_command
+from .errors import UsageError, run_command
 from .reports import evaluate_split, format_metrics, write_report
 from .train import build_datasets, build_model
 
@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
 def evaluate(checkpoint: str | Path, split: str = "test", out_dir: str | Path | None = None, **overrides) -> dict:
     """Metrics of `checkpoint` on `split`; writes the report files on the main process."""
     checkpoint = Path(checkpoint)
+    if checkpoint.is_dir():
+        raise UsageError(f"checkpoint {checkpoint} is a directory; give the file, e.g. {checkpoint / 'best.pt'}")
     saved = load_checkpoint(checkpoint)
     config: TrainConfig = make_config({**saved["config"], **overrides}, str(checkpoint))
     runtime = Runtime(config)

@@ -14,6 +14,7 @@ from ..distributed import TimeSharding
 from .config import TrainConfig
 from .distributed import Runtime
 from .optim import SAM, frozen_bn_stats
+from .optional import optional
 
 OPTIMIZER_CLASSES = {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}
 
@@ -74,11 +75,11 @@ def predict(model: nn.Module, dataset: Dataset, batch_size: int, runtime: Runtim
 
 
 def progress_bar(iterable, enabled: bool, desc: str):
-    if not enabled:
+    """`iterable` behind a tqdm bar on stderr; the plain iterable when disabled or without tqdm."""
+    tqdm = optional("tqdm", "there is no progress bar") if enabled else None
+    if tqdm is None:
         return iterable
-    from tqdm import tqdm
-
-    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr)
+    return tqdm.tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr)
 
 
 def lr_factor(config: TrainConfig, epoch: float) -> float:

@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .optional import optional
+
 __all__ = ["confusion_matrix", "per_class_recall", "uar_war", "plot_confusion_matrix"]
 
 
@@ -58,16 +60,18 @@ def uar_war(preds: Tensor | Sequence[int], targets: Tensor | Sequence[int], num_
     return uar, war
 
 
-def plot_confusion_matrix(matrix: Tensor, class_names: Sequence[str], path: str | Path, title: str = "") -> Path:
-    """Write the row-normalised confusion matrix (recall per true class, counts in brackets) as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on training machines
-    import matplotlib.pyplot as plt
-
+def plot_confusion_matrix(matrix: Tensor, class_names: Sequence[str], path: str | Path, title: str = "") -> Path | None:
+    """Write the row-normalised confusion matrix (recall per true class, counts in brackets) as a PNG;
+    without matplotlib, warn once and write nothing (None)."""
     n = matrix.shape[0]
     if len(class_names) != n:
         raise ValueError(f"{len(class_names)} class names for a {n}x{n} confusion matrix")
+    matplotlib = optional("matplotlib", "no confusion-matrix PNG is written")
+    if matplotlib is None:
+        return None
+    matplotlib.use("Agg")  # no display on training machines
+    import matplotlib.pyplot as plt
+
     support = matrix.sum(dim=1, keepdim=True).clamp(min=1)
     rates = (matrix.double() / support).numpy()
     fig, ax = plt.subplots(figsize=(1.0 + 0.9 * n, 0.8 + 0.8 * n))

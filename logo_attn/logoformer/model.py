@@ -41,6 +41,7 @@ from ..checks import as_int, as_window
 from ..distributed import TimeSharding
 from ..geometry import clip_window
 from ..layers import Block, LOGOBlock
+from .torch_files import load_torch_file
 
 __all__ = ["ATTENTIONS", "LOGOFormer", "ResNet18Trunk", "backbone_state_dict", "grid_for"]
 
@@ -229,9 +230,7 @@ class LOGOFormer(nn.Module):
     def load_backbone_weights(self, path: str | Path) -> None:
         """Fill the ResNet trunk from a local ResNet-18 checkpoint (strict names, see `backbone_state_dict`)."""
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"backbone_weights: no such file {path}")
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = load_torch_file(path, "backbone_weights")
         if not isinstance(checkpoint, Mapping):
             raise ValueError(f"backbone_weights {path}: expected a state_dict, got a {type(checkpoint).__name__}")
         state = backbone_state_dict(checkpoint, str(path))

@@ -35,7 +35,8 @@ def evaluate_split(model: nn.Module, dataset: Dataset, class_names: Sequence[str
 
 
 def write_report(metrics: dict, class_names: Sequence[str], out_dir: Path, stem: str, title: str) -> None:
-    """``<stem>_metrics.json`` and ``confusion_matrix.png`` (or ``<stem>_confusion_matrix.png``)."""
+    """``<stem>_metrics.json`` and ``confusion_matrix.png`` (or ``<stem>_confusion_matrix.png``; only with
+    matplotlib installed)."""
     (out_dir / f"{stem}_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     name = "confusion_matrix.png" if stem == "test" else f"{stem}_confusion_matrix.png"
     plot_confusion_matrix(torch.tensor(metrics["confusion_matrix"]), class_names, out_dir / name, title)
@@ -47,10 +48,9 @@ def format_metrics(metrics: dict, class_names: Sequence[str], label: str) -> str
 
 
 def write_config(config: TrainConfig, path: Path) -> None:
-    import yaml
-
-    values = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()}
-    path.write_text(yaml.safe_dump(values, sort_keys=False))
+    """The resolved settings as YAML that ``--config`` reads back: one ``name: value`` line each, the
+    value spelt as JSON (a subset of YAML's flow style), so that writing it needs no YAML package."""
+    path.write_text("".join(f"{name}: {json.dumps(value)}\n" for name, value in dataclasses.asdict(config).items()))
 
 
 def append_log(path: Path, row: dict) -> None:

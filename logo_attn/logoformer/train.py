@@ -25,6 +25,7 @@ across the groups, DDP still spans all N; evaluation runs unsharded, each rank a
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -38,7 +39,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from ..distributed import TimeSharding
 from . import data as clip_data
-from .checkpoints import check_same_model, load_checkpoint, load_weights, save_checkpoint
+from .checkpoints import check_same_model, load_checkpoint, load_optimizer_state, load_weights, save_checkpoint
 from .config import TrainConfig, parse_config
 from .distributed import Runtime
 from .errors import UsageError, run_command
@@ -95,8 +96,8 @@ def build_datasets(config: TrainConfig) -> tuple[Dataset, Dataset, Dataset, tupl
         train_records = clip_data.read_dfew(config.root, config.fold, "train", config.frames_dir)
         test_records = clip_data.read_dfew(config.root, config.fold, "test", config.frames_dir)
     elif config.dataset == "ferv39k":
-        train_records = clip_data.read_ferv39k(config.root, "train")
-        test_records = clip_data.read_ferv39k(config.root, "test")
+        train_records = clip_data.read_ferv39k(config.root, "train", config.frames_dir)
+        test_records = clip_data.read_ferv39k(config.root, "test", config.frames_dir)
     else:
         class_names = clip_data.EMOTIONS if config.num_classes == len(clip_data.EMOTIONS) else tuple(
             f"class {i}" for i in range(config.num_classes))
@@ -136,11 +137,11 @@ def _train(config: TrainConfig, runtime: Runtime) -> dict:
     optimizer = build_optimizer(model, config)
     start_epoch, best = 0, {"epoch": None, "val_uar": -1.0, "val_war": -1.0}
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
-    if config.resume and last_path.is_file():
+    if config.resume and os.path.lexists(last_path):  # a folder, FIFO or dangling link there is an error too
         saved = load_checkpoint(last_path)
         check_same_model(saved["config"], config, last_path)
         load_weights(model, saved, last_path)
-        optimizer.load_state_dict(saved["optimizer"])
+        load_optimizer_state(optimizer, saved, last_path)
         start_epoch, best = saved["epoch"], saved["best"]
     elif config.resume and runtime.is_main:
         print(f"--resume: no {last_path} yet, starting from scratch", file=sys.stderr)
