@@ -97,6 +97,10 @@ GLOBAL_CASES = [
     pytest.param(1, 1100, 9, 2, 64, "packed", id="backward-sums-several-query-ranges"),
     pytest.param(2, 40, 300, 3, 24, "heads_first", id="300-keys-short-query-blocks"),
     pytest.param(1, 7, 1, 1, 3, "contiguous", id="one-key"),
+    # the few-keys row kernels: 3 and 4 chunks of 8 keys, a group of rows cut by the end of a range
+    pytest.param(2, 301, 17, 3, 40, "heads_first", id="17-keys-three-chunks"),
+    pytest.param(1, 29, 32, 2, 16, "packed", id="32-keys-four-chunks"),
+    pytest.param(1, 50, 33, 2, 16, "contiguous", id="33-keys-tile-path"),
 ]
 
 

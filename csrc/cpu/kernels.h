@@ -24,15 +24,16 @@ void local_attn_bwd(const AttnArgs& a, int64_t begin, int64_t end);
 int64_t local_attn_dbias_tasks(const AttnArgs& a);
 void local_attn_dbias_reduce(const AttnArgs& a, int64_t begin, int64_t end);
 
-// Global attention. Forward: one task per (batch, block of queries, head).
+// Global attention. Forward: global_attn_fwd_tasks tasks (blocks of queries).
 int64_t global_attn_fwd_tasks(const AttnArgs& a);
 void global_attn_fwd(const AttnArgs& a, int64_t begin, int64_t end);
-// Backward: a.splits query ranges per (batch, head) (a choice made from the shapes only, so the
-// summation order is fixed); each task writes its dQ rows and its partial dK/dV to a.partial
-// (B, heads, splits, 2, k_tokens, head_dim), then one reduction task per (batch, head) sums the
-// partials in order into dk and dv.
-int64_t global_attn_bwd_splits(int64_t batch, int64_t heads, int64_t q_tokens);
-void global_attn_bwd(const AttnArgs& a, int64_t begin, int64_t end);   // tasks: batch * heads * splits
+// Backward: a.splits query ranges (a choice made from the shapes only, so the summation order is
+// fixed; set a.splits = global_attn_bwd_splits(a) first); with more than one, each task writes its
+// dQ rows and its partial dK/dV to a.partial (B, heads, splits, 2, k_tokens, head_dim), then one
+// reduction task per (batch, head) sums the partials in order into dk and dv.
+int64_t global_attn_bwd_splits(const AttnArgs& a);
+int64_t global_attn_bwd_tasks(const AttnArgs& a);
+void global_attn_bwd(const AttnArgs& a, int64_t begin, int64_t end);         // tasks: global_attn_bwd_tasks
 void global_attn_bwd_reduce(const AttnArgs& a, int64_t begin, int64_t end);  // tasks: batch * heads
 
 // Window pooling: one task per (batch, window, block of channels).

@@ -66,13 +66,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> global_attn_bwd(const at::Tensor&
   AttnCall c =
       attention_bwd_call("global_attn_bwd", kComputed, kKernels, dout, q, k, v, out, lse, scale, nullptr, ReadsOut::no);
   AttnArgs& a = c.args;
-  a.splits = cpu::global_attn_bwd_splits(a.batch, a.heads, a.q_tokens);
+  a.splits = cpu::global_attn_bwd_splits(a);
   at::Tensor partial;
   if (a.splits > 1) {
     partial = at::empty({a.batch, a.heads, a.splits, 2, a.k_tokens, a.head_dim}, c.lse.options());
     a.partial = partial.data_ptr();
   }
-  run_tasks(cpu::global_attn_bwd, a, a.batch * a.splits * a.heads);
+  run_tasks(cpu::global_attn_bwd, a, cpu::global_attn_bwd_tasks(a));
   if (a.splits > 1) run_tasks(cpu::global_attn_bwd_reduce, a, a.batch * a.heads);
   return {c.dq, c.dk, c.dv};
 }
