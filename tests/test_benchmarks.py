@@ -148,10 +148,14 @@ def test_global_peer_equals_the_op():
 
 
 @pytest.mark.parametrize("grid,window", GRIDS)
-@pytest.mark.parametrize("peer", [peers.avg_pool3d_pool, peers.partition_mean])
+@pytest.mark.parametrize("peer", [peers.avg_pool3d_pool, peers.partition_mean, peers.view_mean])
 def test_pool_peers_equal_the_op(peer, grid, window):
     clipped = [min(w, g) for w, g in zip(window, grid)]
     x = torch.randn(2, math.prod(grid), 24, dtype=torch.float64)
+    if peer is peers.view_mean and any(g % w for g, w in zip(grid, clipped)):
+        with pytest.raises(ValueError, match="divides the grid"):
+            peer(x, grid, clipped)
+        return
     assert close(peer(x, grid, clipped), logo_attn.window_pool(x, grid, clipped, backend="torch"))
 
 

@@ -27,7 +27,8 @@ from logo_attn import global_attention, local_attention, reference, window_pool
 from oracle import as_leaves, assert_matches, attention_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
-DTYPES = [pytest.param(d, id=str(d).removeprefix("torch.")) for d in (torch.float64, torch.float32, torch.bfloat16)]
+DTYPES = [pytest.param(d, id=str(d).removeprefix("torch."))
+          for d in (torch.float64, torch.float32, torch.bfloat16, torch.float16)]
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +49,11 @@ def reference_results(reference_fn, inputs, dout, **kwargs):
 
 def compare(got: dict, reference_fn, inputs, dout, dtype):
     """The kernel's results (name -> tensor, in reference_fn's order: outputs, then gradients) against
-    reference_fn in float64; in bf16, with PyTorch's own bf16 error as the bound (oracle's 2x rule)."""
+    reference_fn in float64; in bf16 and fp16, with PyTorch's own error in that dtype as the bound
+    (oracle's 2x rule)."""
     want = reference_results(reference_fn, as_leaves(*inputs, dtype=torch.float64), dout.double())
     lowp = [None] * len(want)
-    if dtype == torch.bfloat16:
+    if dtype in (torch.bfloat16, torch.float16):
         lowp = reference_results(reference_fn, as_leaves(*inputs), dout, compute_dtype=dtype)
     for (name, actual), expected, low in zip(got.items(), want, lowp):
         if name == "lse":  # fp32 (fp64) whatever the inputs, from the same rounded inputs as the reference
@@ -155,7 +157,7 @@ def test_every_isa_of_this_cpu_matches_reference(cpp):
         run = subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__)),
              str(Path(__file__).with_name("test_csrc_shift_bias.py")), "-k",
-             "matches_reference and (float32 or bfloat16 or float64)"],
+             "matches_reference and (float32 or bfloat16 or float16 or float64)"],
             env=env, capture_output=True, text=True, cwd=ROOT,
         )
         assert run.returncode == 0, f"LOGO_ATTN_CPU_ISA={isa}:\n{run.stdout[-3000:]}\n{run.stderr[-2000:]}"
@@ -239,8 +241,8 @@ def test_raw_ops_reject_bad_arguments(cpp):
         ops.local_attn_fwd(q, q, q, [3, 4], [1, 1, 1], [0, 0, 0], None, 1.0)
     with pytest.raises(RuntimeError, match="has F\\*H\\*W = 24 tokens but q has 12"):
         ops.local_attn_fwd(q, q, q, [2, 3, 4], [1, 1, 1], [0, 0, 0], None, 1.0)
-    with pytest.raises(RuntimeError, match="the CPU kernels do not compute Half"):
-        ops.global_attn_fwd(q.half(), q.half(), q.half(), 1.0)
+    with pytest.raises(RuntimeError, match="the CPU kernels do not compute ComplexFloat"):
+        ops.global_attn_fwd(q.cfloat(), q.cfloat(), q.cfloat(), 1.0)
     with pytest.raises(RuntimeError, match="k has dtype"):
         ops.global_attn_fwd(q, q.double(), q, 1.0)
     out, lse = ops.global_attn_fwd(q, q, q, 1.0)

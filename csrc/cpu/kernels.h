@@ -48,5 +48,7 @@ void window_pool_bwd(const PoolArgs& a, int64_t begin, int64_t end);
 
 // Which instruction set the kernels run with on this CPU ("avx512", "avx2" or "baseline").
 const char* cpu_isa_name();
+// Whether the CPU has AVX512-BF16 (reported by logo_attn.info; the kernels do not use it yet).
+bool cpu_has_avx512_bf16();
 
 }  // namespace logo_attn::cpu

@@ -205,5 +205,6 @@ void local_attn_dbias_reduce(const AttnArgs& a, int64_t begin, int64_t end) {
 }
 
 const char* cpu_isa_name() { return isa_name(cpu_isa()); }
+bool cpu_has_avx512_bf16() { return has_avx512_bf16(); }
 
 }  // namespace logo_attn::cpu

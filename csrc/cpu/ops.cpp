@@ -17,7 +17,7 @@
 namespace logo_attn {
 namespace {
 
-constexpr Computed kComputed = {at::kFloat, at::kDouble, at::kBFloat16};
+constexpr Computed kComputed = {at::kFloat, at::kDouble, at::kBFloat16, at::kHalf};
 constexpr const char* kKernels = "CPU";
 const DeclareCapability kCapability("cpu", {std::vector<at::ScalarType>(kComputed), /*max_head_dim=*/0});
 
