@@ -43,15 +43,15 @@ ROOFLINES = {
 }
 
 
-def measure_cpu_limits(threads: int, min_run_time: float = 0.5) -> Roofline:
+def measure_cpu_limits(threads: int, min_run_time: float = 0.2) -> Roofline:
     """This CPU's ceilings, measured now with `threads` threads (so in the same run, under the same
-    load, as the rows they bound): `torch.mm` of 2048 x 2048 matrices in fp32 and in bf16 (FLOP/s;
+    load, as the rows they bound): `torch.mm` of 1024 x 1024 matrices in fp32 and in bf16 (FLOP/s;
     bf16 runs on AMX or AVX512-BF16 where oneDNN finds them), and the copy of a 128 MiB buffer into
     another (bytes read + written per second)."""
     from benchmarks.timing import measure_many
 
     torch.set_num_threads(threads)
-    n, copy_bytes = 2048, 128 * 2**20
+    n, copy_bytes = 1024, 128 * 2**20
     a32, b32 = torch.randn(n, n), torch.randn(n, n)
     a16, b16 = a32.bfloat16(), b32.bfloat16()
     src = torch.ones(copy_bytes // 4)

@@ -251,6 +251,9 @@ def test_bench_ops_runs_and_checks_every_row(tmp_path):
     assert local_fwd["tflops"] == pytest.approx(flops.attention_flops(pairs, 1, 2, 16) / local_fwd["median_ms"] / 1e9)
     saved = json.loads(out.with_suffix(".json").read_text())
     assert saved["environment"]["torch"] == torch.__version__ and len(saved["rows"]) == len(rows)
+    # the CPU's limits were measured in this run, and every fp32 row with FLOPs or bytes has its fraction
+    assert saved["environment"]["roofline"].startswith("measured in this run, 1 threads: torch.mm fp32 ")
+    assert all(r["roofline_pct"] > 0 for r in rows if r["tflops"] or r["gbps"])
     assert out.with_suffix(".csv").read_text().count("\n") == len(rows) + 1
 
 

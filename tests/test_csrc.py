@@ -163,6 +163,26 @@ def test_every_isa_of_this_cpu_matches_reference(cpp):
         assert run.returncode == 0, f"LOGO_ATTN_CPU_ISA={isa}:\n{run.stdout[-3000:]}\n{run.stderr[-2000:]}"
 
 
+def test_cpu_features_match_the_cpu_flags_and_info_names_every_dtype(cpp):
+    """The extension's view of the CPU against the kernel's own list (/proc/cpuinfo), and the path
+    logo_attn.info prints for each dtype the CPU backend computes."""
+    from logo_attn import _C
+    from logo_attn.info import cpu_paths
+
+    features = _C.cpu_features()
+    assert features["isa"] == _C.cpu_isa()
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        pytest.skip("no /proc/cpuinfo flags line on this system to compare with")
+    assert features["avx512_bf16"] == ("avx512_bf16" in flags.split())
+    if "amx_bf16" not in flags.split():  # PyTorch's brgemm cannot run bf16 on AMX without the AMX units
+        assert not features["amx_bf16"]
+    paths = cpu_paths(features)
+    assert set(paths) == set(cpp.CAPABILITIES["cpu"]["dtypes"])
+    assert ("AVX512-BF16" in paths["bfloat16"]) == features["avx512_bf16"]
+
+
 # --------------------------------------------------------------------------------------------------
 # Determinism and threads
 # --------------------------------------------------------------------------------------------------
