@@ -9,8 +9,10 @@
 
 // PyTorch's oneDNN micro-kernel interface (exported from libtorch_cpu since 2.5): could_pack says
 // whether its brgemm runs bf16/fp16 on AMX here. Asked only, for cpu_features(); a torch without
-// the header or the macro reports no AMX.
-#if __has_include(<ATen/native/CPUBlas.h>)
+// the header or the brgemm macros reports no AMX. Older headers include oneDNN's ukernel header
+// when built with oneDNN: only where that header ships too.
+#include <ATen/Config.h>
+#if __has_include(<ATen/native/CPUBlas.h>) && (!AT_MKLDNN_ENABLED() || __has_include(<oneapi/dnnl/dnnl_ukernel.hpp>))
 #include <ATen/native/CPUBlas.h>
 #endif
 
