@@ -1,6 +1,6 @@
 // Global attention on CPU: every query over a short key set (the pooled windows and prefix tokens).
 //
-// Up to kFewKeys keys in fp32/bf16 (the usual case), few_keys.h's row kernels: forward tasks are
+// Up to kFewKeys keys in fp32/bf16/fp16 (the usual case), few_keys.h's row kernels: forward tasks are
 // (batch, block of tokens) over every head, backward tasks (batch, token range) over every head.
 // With more keys, or in fp64, attention_tile.h's panels: forward tasks (batch, block of queries,
 // head), backward tasks (batch, query range, head). Backward tasks write their own dQ rows and the
@@ -51,7 +51,7 @@ NextRows next_rows(const AttnArgs& a, const std::vector<int64_t>& ids, int64_t t
   return task_rows<T>(t.b, t.h, ids.data() + t.q0, t.q1 - t.q0, a.head_dim, reads, writes);
 }
 
-// The few-keys path takes fp32 and bf16 (fp64, the gradcheck dtype, keeps the tile path's libm exp).
+// The few-keys path takes fp32, bf16 and fp16 (fp64, the gradcheck dtype, keeps the tile path's libm exp).
 bool uses_few_keys(const AttnArgs& a) { return a.dtype != Dtype::float64 && few_keys(a.k_tokens); }
 
 // Few-keys forward tasks: (batch, block of kTokenBlock tokens), every head.
