@@ -7,8 +7,11 @@ implementation (the op on each selected backend, then the peers of `benchmarks.p
 checked against the float64 PyTorch reference (output and gradients), then timed forward, backward
 and forward+backward: median with 20/80 percentiles, achieved TFLOP/s (FLOPs from `logo_attn.flops`,
 the formulas the ops register; for the layer, FlopCounterMode's count of the same layer), achieved
-GB/s (each input read once, each output written once), the fraction of the device's roofline where
-it is known (`benchmarks.environment.ROOFLINES`), and peak memory. `t/t_op` compares a row with the
+GB/s (each input read once, each output written once), the fraction of the device's roofline
+(%roof: the time the row's FLOPs at the matrix peak of its dtype, or its bytes at the copy
+bandwidth, would take, whichever is longer, over its time) where it is known: on CPU measured in the
+same run (`benchmarks.environment.measure_cpu_limits`: fp32 and bf16 `torch.mm`, a large copy), on
+GPU from `benchmarks.environment.ROOFLINES` - and peak memory. `t/t_op` compares a row with the
 first implementation (the op on the first backend) in the same run: above 1, the op is faster. On
 CPU the implementations of a case are timed in alternating rounds and `t/t_op` is the median of the
 per-round ratios, so a change in the machine's load during the run does not favour one of them.
@@ -44,7 +47,7 @@ import logo_attn
 from benchmarks import peers
 from benchmarks.cli import check_device, convert, positive_float, positive_int, triple
 from benchmarks.counting import count_flops
-from benchmarks.environment import ROOT, Roofline, device_tag, roofline_for, start_run
+from benchmarks.environment import ROOT, Roofline, device_tag, measure_cpu_limits, roofline_for, start_run
 from benchmarks.results import table, write_results
 from benchmarks.timing import measure_many, paired_ratio, peak_memory
 from logo_attn import backends
@@ -56,7 +59,7 @@ MODE_LABELS = {"fwd": "fwd", "bwd": "bwd", "fwdbwd": "fwd+bwd"}
 OPS = ("local", "global", "pool", "layer", "swin")
 LOCAL_PEERS = ("partition_sdpa", "flex", "masked_full")
 GLOBAL_PEERS = ("sdpa",)
-POOL_PEERS = ("avg_pool3d", "partition_mean")
+POOL_PEERS = ("avg_pool3d", "view_mean", "partition_mean")
 LAYER_PEERS = ("sdpa_layer",)
 SWIN_PEERS = ("monai_eager", "flex")  # flex: the same peer name as the local op's
 PEERS = LOCAL_PEERS + GLOBAL_PEERS + POOL_PEERS + LAYER_PEERS + ("monai_eager",)
@@ -237,6 +240,8 @@ def pool_case(args, grid, backend_names, peer_names, device, dtype) -> Case:
     impls = [Impl(f"op[{b}]", op(b), [x]) for b in backend_names]
     if "avg_pool3d" in peer_names:
         impls.append(Impl("avg_pool3d", lambda: peers.avg_pool3d_pool(x, grid, window), [x]))
+    if "view_mean" in peer_names and not any(g % w for g, w in zip(grid, window)):
+        impls.append(Impl("view+mean", lambda: peers.view_mean(x, grid, window), [x]))
     if "partition_mean" in peer_names:
         impls.append(Impl("partition+mean", lambda: peers.partition_mean(x, grid, window), [x]))
     (x64,) = _float64([x])
@@ -389,8 +394,9 @@ def run_case(case: Case, modes: Sequence[str], device, threads: int, min_run_tim
                 row["tflops"] = flops / timing.median / 1e12
             if moved:
                 row["gbps"] = moved / timing.median / 1e9
-            if roof and dtype in (torch.float16, torch.bfloat16):
-                floor = max((flops or 0) / roof.half_flops, (moved or 0) / roof.bandwidth)
+            rate = roof.flops_for(dtype) if roof else None
+            if rate:
+                floor = max((flops or 0) / rate, (moved or 0) / roof.bandwidth)
                 row["roofline_pct"] = 100 * floor / timing.median
         del fns  # the backward mode's retained graphs
     return list(rows.values())
@@ -478,7 +484,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     device = torch.device(args.device)
     env = start_run(device, args.threads)
-    roof = roofline_for(env["device"])
+    if device.type == "cpu":  # this CPU's own ceilings, measured before the rows they bound
+        roof = measure_cpu_limits(args.threads)
+        env["roofline"] = roof.source
+        print(f"# limits: {roof.source}", flush=True)
+    else:
+        roof = roofline_for(env["device"])
     rows = []
     for case in cases(args):
         case_rows = run_case(case, args.modes, device, args.threads, args.min_run_time, roof)

@@ -19,11 +19,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @dataclass(frozen=True)
 class Roofline:
-    """Ceilings of one device: memory bandwidth in bytes/s and dense bf16/fp16 matrix rate in FLOP/s."""
+    """Ceilings of one device: memory bandwidth in bytes/s, dense bf16/fp16 matrix rate in FLOP/s and,
+    where measured (the CPU), the fp32 one."""
 
     bandwidth: float
     half_flops: float
     source: str
+    fp32_flops: float | None = None
+
+    def flops_for(self, dtype: torch.dtype) -> float | None:
+        """The matrix rate that bounds a computation in `dtype` (fp64 has none here)."""
+        if dtype in (torch.float16, torch.bfloat16):
+            return self.half_flops
+        return self.fp32_flops if dtype == torch.float32 else None
 
 
 # Ceilings measured on the GPU machines this project is lent (not by this repository's scripts: the
@@ -33,6 +41,28 @@ ROOFLINES = {
     "H200": Roofline(4.3e12, 788e12, "H200: 4.3 TB/s copy, 788 bf16 TFLOP/s, measured"),
     "H100": Roofline(3.0e12, 790e12, "H100: 3.0 TB/s copy, 790 bf16 TFLOP/s, measured"),
 }
+
+
+def measure_cpu_limits(threads: int, min_run_time: float = 0.2) -> Roofline:
+    """This CPU's ceilings, measured now with `threads` threads (so in the same run, under the same
+    load, as the rows they bound): `torch.mm` of 1024 x 1024 matrices in fp32 and in bf16 (FLOP/s;
+    bf16 runs on AMX or AVX512-BF16 where oneDNN finds them), and the copy of a 128 MiB buffer into
+    another (bytes read + written per second)."""
+    from benchmarks.timing import measure_many
+
+    torch.set_num_threads(threads)
+    n, copy_bytes = 1024, 128 * 2**20
+    a32, b32 = torch.randn(n, n), torch.randn(n, n)
+    a16, b16 = a32.bfloat16(), b32.bfloat16()
+    src = torch.ones(copy_bytes // 4)
+    dst = torch.empty_like(src)
+    mm32, mm16, copy = measure_many([lambda: torch.mm(a32, b32), lambda: torch.mm(a16, b16), lambda: dst.copy_(src)],
+                                    torch.device("cpu"), threads=threads, min_run_time=min_run_time)
+    flops = 2 * n**3
+    fp32, bf16, bandwidth = flops / mm32.median, flops / mm16.median, 2 * copy_bytes / copy.median
+    source = (f"measured in this run, {threads} threads: torch.mm fp32 {fp32 / 1e9:.0f} GFLOP/s, bf16 "
+              f"{bf16 / 1e9:.0f} GFLOP/s, copy {bandwidth / 1e9:.1f} GB/s")
+    return Roofline(bandwidth, bf16, source, fp32_flops=fp32)
 
 
 def roofline_for(device_name: str) -> Roofline | None:

@@ -11,8 +11,9 @@ contiguous output, so every layout copy a user would pay is inside the timed cal
   mask, softmax, matmul, un-partition, roll back) and `FlexLocalAttention` with the shift and a
   score_mod that adds the bias;
 - global attention: `sdpa_global` (SDPA on transposed views);
-- window pooling: `avg_pool3d_pool` (permute to (B, C, F, H, W) + ``F.avg_pool3d``) and
-  `partition_mean` (window partition + mean);
+- window pooling: `avg_pool3d_pool` (permute to (B, C, F, H, W) + ``F.avg_pool3d``),
+  `view_mean` (``x.view(...).mean(dim=(2, 4, 6))``, divisible grids only) and `partition_mean`
+  (window partition + mean);
 - the layer: `SDPALocalGlobalAttention`, `LocalGlobalAttention` with those three peers in place of the
   ops, same parameters.
 """
@@ -247,6 +248,17 @@ def avg_pool3d_pool(x: Tensor, grid: Grid, window: Grid) -> Tensor:
     volume = x.transpose(1, 2).reshape(B, C, *grid)
     pooled = F.avg_pool3d(volume, tuple(window), tuple(window), ceil_mode=True, count_include_pad=False)
     return pooled.flatten(2).transpose(1, 2).contiguous()
+
+
+def view_mean(x: Tensor, grid: Grid, window: Grid) -> Tensor:
+    """Window mean as a user writes it when the window divides the grid: a view that splits every axis
+    into (windows, window) and a mean over the three window axes. ValueError otherwise."""
+    (F_, H, W), (f, h, w) = tuple(grid), tuple(window)
+    if F_ % f or H % h or W % w:
+        raise ValueError(f"view_mean needs a window that divides the grid, got grid {grid} and window {window}")
+    B, _, C = x.shape
+    blocks = x.view(B, F_ // f, f, H // h, h, W // w, w, C).mean(dim=(2, 4, 6))
+    return blocks.reshape(B, -1, C)
 
 
 def partition_mean(x: Tensor, grid: Grid, window: Grid) -> Tensor:

@@ -7,6 +7,15 @@
 #include "capabilities.h"
 #include "cpu/kernels.h"
 
+// PyTorch's oneDNN micro-kernel interface (exported from libtorch_cpu since 2.5): could_pack says
+// whether its brgemm runs bf16/fp16 on AMX here. Asked only, for cpu_features(); a torch without
+// the header or the brgemm macros reports no AMX. Older headers include oneDNN's ukernel header
+// when built with oneDNN: only where that header ships too.
+#include <ATen/Config.h>
+#if __has_include(<ATen/native/CPUBlas.h>) && (!AT_MKLDNN_ENABLED() || __has_include(<oneapi/dnnl/dnnl_ukernel.hpp>))
+#include <ATen/native/CPUBlas.h>
+#endif
+
 namespace {
 
 // torch's name of a dtype (torch.float32 is "float32").
@@ -51,12 +60,35 @@ PyObject* capability_dict(const logo_attn::Capability& c) {
   return nullptr;
 }
 
+// could_pack(dtype) where this torch has the brgemm interface, else false.
+bool brgemm_could_pack(at::ScalarType t) {
+#ifdef CPUBLAS_BRGEMM_BF16BF16F32
+  return at::native::cpublas::could_pack(t);
+#else
+  (void)t;
+  return false;
+#endif
+}
+
 }  // namespace
 
 extern "C" {
 // Importing logo_attn._C loads this library, whose static initialisers register the ops below.
 // The module itself reports which instruction set the CPU kernels chose and what the kernels compute.
 static PyObject* cpu_isa(PyObject*, PyObject*) { return PyUnicode_FromString(logo_attn::cpu::cpu_isa_name()); }
+
+// The facts behind each dtype's instruction path (logo_attn.info words them).
+static PyObject* cpu_features(PyObject*, PyObject*) {
+  PyObject* result = PyDict_New();
+  if (!result) return nullptr;
+  const bool ok = set_item(result, "isa", PyUnicode_FromString(logo_attn::cpu::cpu_isa_name())) &&
+                  set_item(result, "avx512_bf16", PyBool_FromLong(logo_attn::cpu::cpu_has_avx512_bf16())) &&
+                  set_item(result, "amx_bf16", PyBool_FromLong(brgemm_could_pack(at::kBFloat16))) &&
+                  set_item(result, "amx_fp16", PyBool_FromLong(brgemm_could_pack(at::kHalf)));
+  if (ok) return result;
+  Py_DECREF(result);
+  return nullptr;
+}
 
 static PyObject* capabilities(PyObject*, PyObject*) {
   PyObject* result = PyDict_New();
@@ -73,6 +105,9 @@ static PyObject* capabilities(PyObject*, PyObject*) {
 PyObject* PyInit__C(void) {
   static PyMethodDef methods[] = {
       {"cpu_isa", cpu_isa, METH_NOARGS, "Instruction set of the CPU kernels: 'avx512', 'avx2' or 'baseline'."},
+      {"cpu_features", cpu_features, METH_NOARGS,
+       "What the CPU offers the kernels: {'isa': cpu_isa(), 'avx512_bf16': bool (the CPU flag), 'amx_bf16' / "
+       "'amx_fp16': bool (PyTorch's brgemm could_pack for that dtype)}."},
       {"capabilities", capabilities, METH_NOARGS,
        "What the kernels of this build compute, per device type ('cpu', and 'cuda' when the CUDA kernels were "
        "built): {'dtypes': [torch dtype names], 'max_head_dim': int, 0 meaning no limit}."},

@@ -8,6 +8,28 @@ from . import __version__, available_backends
 from .backends import AUTO_ORDER
 
 
+def cpu_paths(features: dict) -> dict[str, str]:
+    """Which instruction path the C++ CPU kernels take for each dtype on this CPU, and why, from
+    `_C.cpu_features()`."""
+    isa = features["isa"]
+    fma = {"avx512": "AVX-512 FMA", "avx2": "AVX2 FMA", "baseline": "SSE2/NEON"}[isa]
+    unused = []
+    if features["amx_bf16"]:
+        unused.append("AMX-BF16 (PyTorch's brgemm could_pack)")
+    if features["avx512_bf16"]:
+        unused.append("AVX512-BF16")
+    bf16_note = (f"this CPU has {' and '.join(unused)}, which these kernels do not use yet" if unused
+                 else "this CPU has neither AMX-BF16 nor AVX512-BF16")
+    fp16_note = ("PyTorch's brgemm could run fp16 on AMX-FP16 here, which these kernels do not use yet"
+                 if features["amx_fp16"] else "no AMX-FP16 (a Granite Rapids feature)")
+    return {
+        "float32": f"{fma} in fp32",
+        "float64": f"{fma} in fp64 (libm exp)",
+        "bfloat16": f"{fma} in fp32 on bf16 loads converted to fp32, fp32 accumulation, rounded on store; {bf16_note}",
+        "float16": f"{fma} in fp32 on fp16 loads converted to fp32, fp32 accumulation, rounded on store; {fp16_note}",
+    }
+
+
 def report() -> str:
     try:
         import triton
@@ -20,13 +42,15 @@ def report() -> str:
         from . import _C
 
         cpu_isa = _C.cpu_isa()
+        paths = cpu_paths(_C.cpu_features())
     except ImportError:
-        cpu_isa = "C++ extension not built"
+        cpu_isa, paths = "C++ extension not built", {}
     lines = [
         f"logo_attn {__version__}",
         f"python {platform.python_version()}, torch {torch.__version__} (CUDA {torch.version.cuda}), triton {triton_version}",
         f"GPU: {gpu}",
         f"CPU kernels: {cpu_isa} (LOGO_ATTN_CPU_ISA forces a lower level)",
+        *(f"  {dtype:<8} {path}" for dtype, path in paths.items()),
         "",
         "backends:",
     ]

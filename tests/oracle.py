@@ -32,7 +32,7 @@ BACKEND_DEVICES = (("torch", "cpu"), ("cpu", "cpu"), ("triton", "cpu"), ("torch"
 # declare (tests/test_backends.py), so a backend that silently drops a dtype fails.
 EXPECTED_DTYPES = {
     "torch": (torch.float64, torch.float32, torch.float16, torch.bfloat16),
-    "cpu": (torch.float64, torch.float32, torch.bfloat16),
+    "cpu": (torch.float64, torch.float32, torch.float16, torch.bfloat16),
     "triton": (torch.float32, torch.float16, torch.bfloat16),
     "cuda": (torch.float32, torch.float16, torch.bfloat16),
 }

@@ -51,7 +51,7 @@ def test_auto_on_cpu_tensors():
         pytest.skip("the interpreter is only enabled on machines without a GPU")
     assert backends.triton_interpreted(), "conftest runs the suite under the Triton interpreter on this machine"
     for dtype, expected in ((torch.float32, "cpu"), (torch.float64, "cpu"), (torch.bfloat16, "cpu"),
-                            (torch.float16, "torch")):
+                            (torch.float16, "cpu")):
         assert backends.choose("auto", "cpu", dtype, 64, backends.triton_interpreted()) == expected
 
 

@@ -148,10 +148,14 @@ def test_global_peer_equals_the_op():
 
 
 @pytest.mark.parametrize("grid,window", GRIDS)
-@pytest.mark.parametrize("peer", [peers.avg_pool3d_pool, peers.partition_mean])
+@pytest.mark.parametrize("peer", [peers.avg_pool3d_pool, peers.partition_mean, peers.view_mean])
 def test_pool_peers_equal_the_op(peer, grid, window):
     clipped = [min(w, g) for w, g in zip(window, grid)]
     x = torch.randn(2, math.prod(grid), 24, dtype=torch.float64)
+    if peer is peers.view_mean and any(g % w for g, w in zip(grid, clipped)):
+        with pytest.raises(ValueError, match="divides the grid"):
+            peer(x, grid, clipped)
+        return
     assert close(peer(x, grid, clipped), logo_attn.window_pool(x, grid, clipped, backend="torch"))
 
 
@@ -247,6 +251,9 @@ def test_bench_ops_runs_and_checks_every_row(tmp_path):
     assert local_fwd["tflops"] == pytest.approx(flops.attention_flops(pairs, 1, 2, 16) / local_fwd["median_ms"] / 1e9)
     saved = json.loads(out.with_suffix(".json").read_text())
     assert saved["environment"]["torch"] == torch.__version__ and len(saved["rows"]) == len(rows)
+    # the CPU's limits were measured in this run, and every fp32 row with FLOPs or bytes has its fraction
+    assert saved["environment"]["roofline"].startswith("measured in this run, 1 threads: torch.mm fp32 ")
+    assert all(r["roofline_pct"] > 0 for r in rows if r["tflops"] or r["gbps"])
     assert out.with_suffix(".csv").read_text().count("\n") == len(rows) + 1
 
 

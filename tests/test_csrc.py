@@ -27,7 +27,8 @@ from logo_attn import global_attention, local_attention, reference, window_pool
 from oracle import as_leaves, assert_matches, attention_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
-DTYPES = [pytest.param(d, id=str(d).removeprefix("torch.")) for d in (torch.float64, torch.float32, torch.bfloat16)]
+DTYPES = [pytest.param(d, id=str(d).removeprefix("torch."))
+          for d in (torch.float64, torch.float32, torch.bfloat16, torch.float16)]
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +49,11 @@ def reference_results(reference_fn, inputs, dout, **kwargs):
 
 def compare(got: dict, reference_fn, inputs, dout, dtype):
     """The kernel's results (name -> tensor, in reference_fn's order: outputs, then gradients) against
-    reference_fn in float64; in bf16, with PyTorch's own bf16 error as the bound (oracle's 2x rule)."""
+    reference_fn in float64; in bf16 and fp16, with PyTorch's own error in that dtype as the bound
+    (oracle's 2x rule)."""
     want = reference_results(reference_fn, as_leaves(*inputs, dtype=torch.float64), dout.double())
     lowp = [None] * len(want)
-    if dtype == torch.bfloat16:
+    if dtype in (torch.bfloat16, torch.float16):
         lowp = reference_results(reference_fn, as_leaves(*inputs), dout, compute_dtype=dtype)
     for (name, actual), expected, low in zip(got.items(), want, lowp):
         if name == "lse":  # fp32 (fp64) whatever the inputs, from the same rounded inputs as the reference
@@ -97,6 +99,10 @@ GLOBAL_CASES = [
     pytest.param(1, 1100, 9, 2, 64, "packed", id="backward-sums-several-query-ranges"),
     pytest.param(2, 40, 300, 3, 24, "heads_first", id="300-keys-short-query-blocks"),
     pytest.param(1, 7, 1, 1, 3, "contiguous", id="one-key"),
+    # the few-keys row kernels: 3 and 4 chunks of 8 keys, a group of rows cut by the end of a range
+    pytest.param(2, 301, 17, 3, 40, "heads_first", id="17-keys-three-chunks"),
+    pytest.param(1, 29, 32, 2, 16, "packed", id="32-keys-four-chunks"),
+    pytest.param(1, 50, 33, 2, 16, "contiguous", id="33-keys-tile-path"),
 ]
 
 
@@ -151,10 +157,30 @@ def test_every_isa_of_this_cpu_matches_reference(cpp):
         run = subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__)),
              str(Path(__file__).with_name("test_csrc_shift_bias.py")), "-k",
-             "matches_reference and (float32 or bfloat16 or float64)"],
+             "matches_reference and (float32 or bfloat16 or float16 or float64)"],
             env=env, capture_output=True, text=True, cwd=ROOT,
         )
         assert run.returncode == 0, f"LOGO_ATTN_CPU_ISA={isa}:\n{run.stdout[-3000:]}\n{run.stderr[-2000:]}"
+
+
+def test_cpu_features_match_the_cpu_flags_and_info_names_every_dtype(cpp):
+    """The extension's view of the CPU against the kernel's own list (/proc/cpuinfo), and the path
+    logo_attn.info prints for each dtype the CPU backend computes."""
+    from logo_attn import _C
+    from logo_attn.info import cpu_paths
+
+    features = _C.cpu_features()
+    assert features["isa"] == _C.cpu_isa()
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        pytest.skip("no /proc/cpuinfo flags line on this system to compare with")
+    assert features["avx512_bf16"] == ("avx512_bf16" in flags.split())
+    if "amx_bf16" not in flags.split():  # PyTorch's brgemm cannot run bf16 on AMX without the AMX units
+        assert not features["amx_bf16"]
+    paths = cpu_paths(features)
+    assert set(paths) == set(cpp.CAPABILITIES["cpu"]["dtypes"])
+    assert ("AVX512-BF16" in paths["bfloat16"]) == features["avx512_bf16"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -235,8 +261,8 @@ def test_raw_ops_reject_bad_arguments(cpp):
         ops.local_attn_fwd(q, q, q, [3, 4], [1, 1, 1], [0, 0, 0], None, 1.0)
     with pytest.raises(RuntimeError, match="has F\\*H\\*W = 24 tokens but q has 12"):
         ops.local_attn_fwd(q, q, q, [2, 3, 4], [1, 1, 1], [0, 0, 0], None, 1.0)
-    with pytest.raises(RuntimeError, match="the CPU kernels do not compute Half"):
-        ops.global_attn_fwd(q.half(), q.half(), q.half(), 1.0)
+    with pytest.raises(RuntimeError, match="the CPU kernels do not compute ComplexFloat"):
+        ops.global_attn_fwd(q.cfloat(), q.cfloat(), q.cfloat(), 1.0)
     with pytest.raises(RuntimeError, match="k has dtype"):
         ops.global_attn_fwd(q, q.double(), q, 1.0)
     out, lse = ops.global_attn_fwd(q, q, q, 1.0)

@@ -25,7 +25,7 @@ from dense_reference import dense_local_attention
 from logo_attn import global_attention, local_attention, reference, window_pool
 
 ROOT = Path(__file__).resolve().parents[1]
-DTYPES = (torch.float64, torch.float32, torch.bfloat16)
+DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 GRID, WINDOW, N = (2, 3, 5), (2, 2, 2), 30  # border windows on two axes
 SHIFT = (0, 1, 1)  # and leading partial windows on two (the raw local op takes a shift and a bias)
 HEAD_DIM, KEYS = 8, 5

@@ -16,7 +16,7 @@ namespace logo_attn::cpu {
     case Dtype::float32: return FN<VB, float>(__VA_ARGS__);                 \
     case Dtype::float64: return FN<VB, double>(__VA_ARGS__);                \
     case Dtype::bfloat16: return FN<VB, bf16>(__VA_ARGS__);                 \
-    case Dtype::float16: break; /* not a CPU dtype: ops.cpp rejects it */   \
+    case Dtype::float16: return FN<VB, f16>(__VA_ARGS__);                 \
   }
 
 // Defines the kernel struct NAME that run_for_cpu<NAME>(const ARGS*, begin, end) runs: FN<VB, T>

@@ -44,6 +44,15 @@ inline Isa cpu_isa() {
   return isa;
 }
 
+inline bool has_avx512_bf16() {
+#ifdef LOGO_ATTN_X86_DISPATCH
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512bf16");
+#else
+  return false;
+#endif
+}
+
 inline const char* isa_name(Isa isa) {
   return isa == Isa::avx512 ? "avx512" : isa == Isa::avx2 ? "avx2" : "baseline";
 }

@@ -15,24 +15,30 @@ namespace logo_attn::cpu {
 // Backward reads dout, q, k, v and lse, not the forward output: with all of a query's keys in one
 // task, rowsum(dO * O) = rowsum(P * dO Vᵀ) comes from what backward computes anyway.
 
-// Local attention: one task per (batch, window, head). With a.dbias_partial, backward writes each
-// task's dS sums by offset there, and the reduction (tasks: local_attn_dbias_tasks, blocks of
-// offsets of each head) adds them over batch and windows, in order, into a.dbias.
-int64_t local_attn_tasks(const AttnArgs& a);
+// Local attention. Forward: one task per (batch, window, head). Backward: one task per (chunk,
+// head), a chunk being a fixed range of consecutive (batch, window) items: one item each unless a
+// dense bias's gradient is computed, whose T x T partials would otherwise take items x heads x T^2
+// memory; then a count chosen from the shapes alone (local_attn_bwd_chunks). With a.dbias_partial,
+// each task sums its dS by table entry (or slot pair) there, and the reduction (tasks:
+// local_attn_dbias_tasks, blocks of entries of each head) adds the chunks, in order, into a.dbias.
+int64_t local_attn_fwd_tasks(const AttnArgs& a);
 void local_attn_fwd(const AttnArgs& a, int64_t begin, int64_t end);
+int64_t local_attn_bwd_chunks(const AttnArgs& a, bool bias_grad);
+int64_t local_attn_bwd_tasks(const AttnArgs& a);
 void local_attn_bwd(const AttnArgs& a, int64_t begin, int64_t end);
 int64_t local_attn_dbias_tasks(const AttnArgs& a);
 void local_attn_dbias_reduce(const AttnArgs& a, int64_t begin, int64_t end);
 
-// Global attention. Forward: one task per (batch, block of queries, head).
+// Global attention. Forward: global_attn_fwd_tasks tasks (blocks of queries).
 int64_t global_attn_fwd_tasks(const AttnArgs& a);
 void global_attn_fwd(const AttnArgs& a, int64_t begin, int64_t end);
-// Backward: a.splits query ranges per (batch, head) (a choice made from the shapes only, so the
-// summation order is fixed); each task writes its dQ rows and its partial dK/dV to a.partial
-// (B, heads, splits, 2, k_tokens, head_dim), then one reduction task per (batch, head) sums the
-// partials in order into dk and dv.
-int64_t global_attn_bwd_splits(int64_t batch, int64_t heads, int64_t q_tokens);
-void global_attn_bwd(const AttnArgs& a, int64_t begin, int64_t end);   // tasks: batch * heads * splits
+// Backward: a.splits query ranges (a choice made from the shapes only, so the summation order is
+// fixed; set a.splits = global_attn_bwd_splits(a) first); with more than one, each task writes its
+// dQ rows and its partial dK/dV to a.partial (B, heads, splits, 2, k_tokens, head_dim), then one
+// reduction task per (batch, head) sums the partials in order into dk and dv.
+int64_t global_attn_bwd_splits(const AttnArgs& a);
+int64_t global_attn_bwd_tasks(const AttnArgs& a);
+void global_attn_bwd(const AttnArgs& a, int64_t begin, int64_t end);         // tasks: global_attn_bwd_tasks
 void global_attn_bwd_reduce(const AttnArgs& a, int64_t begin, int64_t end);  // tasks: batch * heads
 
 // Window pooling: one task per (batch, window, block of channels).
@@ -42,5 +48,7 @@ void window_pool_bwd(const PoolArgs& a, int64_t begin, int64_t end);
 
 // Which instruction set the kernels run with on this CPU ("avx512", "avx2" or "baseline").
 const char* cpu_isa_name();
+// Whether the CPU has AVX512-BF16 (reported by logo_attn.info; the kernels do not use it yet).
+bool cpu_has_avx512_bf16();
 
 }  // namespace logo_attn::cpu

@@ -17,7 +17,7 @@
 namespace logo_attn {
 namespace {
 
-constexpr Computed kComputed = {at::kFloat, at::kDouble, at::kBFloat16};
+constexpr Computed kComputed = {at::kFloat, at::kDouble, at::kBFloat16, at::kHalf};
 constexpr const char* kKernels = "CPU";
 const DeclareCapability kCapability("cpu", {std::vector<at::ScalarType>(kComputed), /*max_head_dim=*/0});
 
@@ -34,7 +34,7 @@ std::tuple<at::Tensor, at::Tensor> local_attn_fwd(const at::Tensor& q, const at:
   const Windows w = local_windows(op, q, grid, window, shift);
   AttnCall c = attention_fwd_call(op, kComputed, kKernels, q, k, v, scale, &w);
   if (bias) attach_bias(op, c, *bias, w);
-  run_tasks(cpu::local_attn_fwd, c.args, cpu::local_attn_tasks(c.args));
+  run_tasks(cpu::local_attn_fwd, c.args, cpu::local_attn_fwd_tasks(c.args));
   return {c.out, c.lse};
 }
 
@@ -46,8 +46,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> local_attn_bwd(
   const Windows w = local_windows(op, q, grid, window, shift);
   AttnCall c = attention_bwd_call(op, kComputed, kKernels, dout, q, k, v, out, lse, scale, &w, ReadsOut::no);
   if (bias) attach_bias(op, c, *bias, w);
-  if (bias && bias_grad) attach_bias_grad(c, w);
-  run_tasks(cpu::local_attn_bwd, c.args, cpu::local_attn_tasks(c.args));
+  if (bias && bias_grad) attach_bias_grad(c, cpu::local_attn_bwd_chunks(c.args, /*bias_grad=*/true));
+  run_tasks(cpu::local_attn_bwd, c.args, cpu::local_attn_bwd_tasks(c.args));
   if (c.args.dbias) run_tasks(cpu::local_attn_dbias_reduce, c.args, cpu::local_attn_dbias_tasks(c.args));
   return {c.dq, c.dk, c.dv, bias_grad_output(c, bias)};
 }
@@ -66,13 +66,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> global_attn_bwd(const at::Tensor&
   AttnCall c =
       attention_bwd_call("global_attn_bwd", kComputed, kKernels, dout, q, k, v, out, lse, scale, nullptr, ReadsOut::no);
   AttnArgs& a = c.args;
-  a.splits = cpu::global_attn_bwd_splits(a.batch, a.heads, a.q_tokens);
+  a.splits = cpu::global_attn_bwd_splits(a);
   at::Tensor partial;
   if (a.splits > 1) {
     partial = at::empty({a.batch, a.heads, a.splits, 2, a.k_tokens, a.head_dim}, c.lse.options());
     a.partial = partial.data_ptr();
   }
-  run_tasks(cpu::global_attn_bwd, a, a.batch * a.splits * a.heads);
+  run_tasks(cpu::global_attn_bwd, a, cpu::global_attn_bwd_tasks(a));
   if (a.splits > 1) run_tasks(cpu::global_attn_bwd_reduce, a, a.batch * a.heads);
   return {c.dq, c.dk, c.dv};
 }

@@ -21,7 +21,13 @@ struct bf16 {
   uint16_t bits;
 };
 
-// Accumulation type: fp32 for bf16/fp32 inputs, fp64 for fp64 (what PyTorch promotes them to).
+// float16 storage: layout-compatible with c10::Half. No CPU here computes in fp16 (AMX-FP16 is a
+// Granite Rapids feature): values are converted to fp32 on load and rounded back on store.
+struct f16 {
+  uint16_t bits;
+};
+
+// Accumulation type: fp32 for bf16/fp16/fp32 inputs, fp64 for fp64 (what PyTorch promotes them to).
 template <typename T> struct acc_type { using type = float; };
 template <> struct acc_type<double> { using type = double; };
 template <typename T> using acc_t = typename acc_type<T>::type;
@@ -32,12 +38,53 @@ LOGO_INLINE float to_acc(bf16 x) {
   std::memcpy(&f, &bits, sizeof f);
   return f;
 }
+// Exact, subnormals included (every fp16 value is an fp32 value).
+LOGO_INLINE float to_acc(f16 x) {
+  const uint32_t sign = uint32_t(x.bits & 0x8000u) << 16, exponent = (x.bits >> 10) & 0x1fu, mantissa = x.bits & 0x3ffu;
+  uint32_t bits;
+  if (exponent == 0) {  // zero or subnormal: mantissa * 2^-24
+    const float magnitude = float(mantissa) * 5.9604644775390625e-8f;
+    std::memcpy(&bits, &magnitude, sizeof bits);
+    bits |= sign;
+  } else if (exponent == 31) {
+    bits = sign | 0x7f800000u | (mantissa << 13);  // inf, NaN (payload kept)
+  } else {
+    bits = sign | ((exponent + 112) << 23) | (mantissa << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
 LOGO_INLINE float to_acc(float x) { return x; }
 LOGO_INLINE double to_acc(double x) { return x; }
 
-// Round to nearest even, like c10::BFloat16; NaN stays a (quiet) NaN.
+LOGO_INLINE float bits_to_float(uint32_t bits) {
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+// fp32 -> fp16 rounded to nearest even, overflow to inf, subnormals and NaN as c10::Half makes them
+// (the FP16 library's float arithmetic trick, which c10 uses too: the additions do the rounding).
+LOGO_INLINE f16 to_f16(float x) {
+  uint32_t w;
+  std::memcpy(&w, &x, sizeof w);
+  float base = (std::fabs(x) * bits_to_float(0x77800000u)) * bits_to_float(0x08800000u);
+  const uint32_t shl1_w = w + w, sign = w & 0x80000000u;
+  uint32_t bias = shl1_w & 0xff000000u;
+  if (bias < 0x71000000u) bias = 0x71000000u;
+  base = bits_to_float((bias >> 1) + 0x07800000u) + base;
+  uint32_t bits;
+  std::memcpy(&bits, &base, sizeof bits);
+  const uint32_t nonsign = ((bits >> 13) & 0x7c00u) + (bits & 0x0fffu);
+  return f16{uint16_t((sign >> 16) | (shl1_w > 0xff000000u ? 0x7e00u : nonsign))};
+}
+
+// Round to nearest even, like c10::BFloat16 / c10::Half; NaN stays a (quiet) NaN.
 template <typename T> LOGO_INLINE T from_acc(acc_t<T> x) {
-  if constexpr (std::is_same_v<T, bf16>) {
+  if constexpr (std::is_same_v<T, f16>) {
+    return to_f16(x);
+  } else if constexpr (std::is_same_v<T, bf16>) {
     uint32_t bits;
     std::memcpy(&bits, &x, sizeof bits);
     if (x != x) return bf16{0x7FC0};
