@@ -66,12 +66,13 @@ def make_view(layout: str, B: int, N: int, heads: int, d: int, slot: int = 0):
 
 
 class Operand:
-    """A random float64 leaf, its copy in the tested dtype as a leaf too, and the view the op gets of each."""
+    """A random float64 leaf on the CPU, its copy in the tested dtype and device as a leaf too, and the
+    view the op gets of each."""
 
-    def __init__(self, layout: str, B: int, N: int, heads: int, d: int, slot: int, dtype: torch.dtype):
+    def __init__(self, layout: str, B: int, N: int, heads: int, d: int, slot: int, dtype: torch.dtype, device: str):
         shape, self.view = make_view(layout, B, N, heads, d, slot)
         self.exact = torch.randn(shape, dtype=torch.float64).requires_grad_()
-        self.leaf = self.exact.detach().to(dtype).requires_grad_()
+        self.leaf = self.exact.detach().to(device, dtype).requires_grad_()  # the view is taken on the device
 
     def ours(self):
         return self.view(self.leaf)
@@ -90,7 +91,7 @@ def output_gradient(shape, expanded: bool) -> torch.Tensor:
 def compare(ours, reference, ours_leaves, reference_leaves, names, dout):
     """Output and the gradient of every leaf, ours (float32 or float64) against the float64 definition."""
     assert_matches("out", ours, reference.detach(), ours.dtype)
-    grads = torch.autograd.grad(ours, ours_leaves, dout.to(ours.dtype))
+    grads = torch.autograd.grad(ours, ours_leaves, dout.to(ours.device, ours.dtype))
     wants = torch.autograd.grad(reference, reference_leaves, dout)
     for name, grad, want in zip(names, grads, wants):
         assert_matches(f"d{name}", grad, want, ours.dtype)
@@ -139,23 +140,22 @@ def test_local_attention_matches_dense_definition(backend, device):
         scale = data.draw(st.sampled_from([None, 0.3]), "scale")
         dtype = data.draw(dtypes(backend, device), "dtype")
         N = math.prod(grid)
-        operands = [Operand(layout, B, N, heads, d, slot, dtype) for slot, layout in enumerate(layouts)]
+        operands = [Operand(layout, B, N, heads, d, slot, dtype, device) for slot, layout in enumerate(layouts)]
         leaves = [(o.leaf, o.exact) for o in operands]
         names = ["q", "k", "v"]
         table = None
         if with_bias:
             exact = torch.randn(heads, *bias_table_shape(window), dtype=torch.float64, requires_grad=True)
-            table = (exact.detach().to(dtype).requires_grad_(), exact)
+            table = (exact.detach().to(device, dtype).requires_grad_(), exact)
             leaves.append(table)
             names.append("bias")
-        out = logo_attn.local_attention(*(o.ours().to(device) for o in operands), grid, window, shift=shift,
-                                        bias=None if table is None else table[0].to(device), scale=scale,
-                                        backend=backend)
+        out = logo_attn.local_attention(*(o.ours() for o in operands), grid, window, shift=shift,
+                                        bias=None if table is None else table[0], scale=scale, backend=backend)
         clipped = clip_window(grid, window)
         expected = dense_local_attention(*(o.reference() for o in operands), grid, clipped,
                                          clip_shift(grid, window, shift), None if table is None else table[1], scale)
         dout = output_gradient(expected.shape, data.draw(st.booleans(), "expanded dout"))
-        compare(out.cpu(), expected, [a for a, _ in leaves], [b for _, b in leaves], names, dout)
+        compare(out, expected, [a for a, _ in leaves], [b for _, b in leaves], names, dout)
 
     check()
 
@@ -184,12 +184,12 @@ def test_global_attention_matches_softmax_attention(backend, device):
         layouts = [data.draw(st.sampled_from(LAYOUTS), f"{name} layout") for name in "qkv"]
         scale = data.draw(st.sampled_from([None, 0.3]), "scale")
         dtype = data.draw(dtypes(backend, device), "dtype")
-        operands = [Operand(layouts[0], B, Nq, heads, d, 0, dtype)] + [
-            Operand(layout, B, Nk, heads, d, slot, dtype) for slot, layout in enumerate(layouts[1:], 1)]
-        out = logo_attn.global_attention(*(o.ours().to(device) for o in operands), scale=scale, backend=backend)
+        operands = [Operand(layouts[0], B, Nq, heads, d, 0, dtype, device)] + [
+            Operand(layout, B, Nk, heads, d, slot, dtype, device) for slot, layout in enumerate(layouts[1:], 1)]
+        out = logo_attn.global_attention(*(o.ours() for o in operands), scale=scale, backend=backend)
         expected = dense_global_attention(*(o.reference() for o in operands), scale)
         dout = output_gradient(expected.shape, data.draw(st.booleans(), "expanded dout"))
-        compare(out.cpu(), expected, [o.leaf for o in operands], [o.exact for o in operands], "qkv", dout)
+        compare(out, expected, [o.leaf for o in operands], [o.exact for o in operands], "qkv", dout)
 
     check()
 
@@ -229,11 +229,11 @@ def test_window_pool_matches_window_means(backend, device):
         B, C = data.draw(st.integers(1, 2), "B"), data.draw(st.integers(1, 70), "C")
         shape, view = POOL_LAYOUTS[data.draw(st.sampled_from(sorted(POOL_LAYOUTS)), "layout")](B, math.prod(grid), C)
         exact = torch.randn(shape, dtype=torch.float64, requires_grad=True)
-        leaf = exact.detach().to(data.draw(dtypes(backend, device), "dtype")).requires_grad_()
-        out = logo_attn.window_pool(view(leaf).to(device), grid, window, backend=backend)
+        leaf = exact.detach().to(device, data.draw(dtypes(backend, device), "dtype")).requires_grad_()
+        out = logo_attn.window_pool(view(leaf), grid, window, backend=backend)
         expected = pool_by_definition(view(exact), grid, clip_window(grid, window))
         dout = output_gradient(expected.shape, data.draw(st.booleans(), "expanded dout"))
-        compare(out.cpu(), expected, [leaf], [exact], ["x"], dout)
+        compare(out, expected, [leaf], [exact], ["x"], dout)
 
     check()
 
@@ -266,7 +266,7 @@ def test_layer_with_prefix_tokens_matches_its_float64_self(backend, device):
         leaf = exact.detach().to(device, dtype).requires_grad_()
         out, expected = layer(leaf, grid), exact_layer(exact, grid)
         dout = output_gradient(expected.shape, False)
-        compare(out.cpu(), expected, [leaf, *layer.parameters()], [exact, *exact_layer.parameters()],
+        compare(out, expected, [leaf, *layer.parameters()], [exact, *exact_layer.parameters()],
                 ["x", *(name for name, _ in layer.named_parameters())], dout)
 
     check()
