@@ -4,12 +4,14 @@ against float64 definitions written independently of logo_attn.reference (dense 
 plain softmax attention, index_add means), the layer against itself in float64 on that reference.
 
 Drawn: grids of 1..3 frames of 1..20 x 1..20 (axes of 1 included), windows smaller than, equal to
-or larger than the grid on each axis, shifts, a relative-position bias table, head dims 1..40, 64, 70, 128,
-float32 (and float64 where the backend computes it), and inputs in every storage the ops promise to read in place: contiguous, views of one packed
-projection, heads-first storage, a stride-2 last axis, and expanded (stride-0) batch or head axes,
-with an output gradient that may itself be expanded (what `.sum()` gives). The example budget comes
-from the profile tests/conftest.py loads (`ci` under CI: fixed and derandomized); Triton, run by
-its interpreter here, gets a fifth of it, on local-attention grids of at most 10 x 10.
+or larger than the grid on each axis, shifts, a relative-position bias table (contiguous, or Swin's
+heads-last parameter seen through a permute), the 6-D input form, head dims 1..40, 64, 70 and 128,
+float32 (and float64 where the backend computes it), and inputs in every storage the ops promise to
+read in place: contiguous, views of one packed projection, heads-first storage, a stride-2 last
+axis, and expanded (stride-0) batch or head axes, with an output gradient that may itself be
+expanded (what `.sum()` gives). The example budget comes from the profile tests/conftest.py loads
+(`ci` under CI: fixed and derandomized); Triton, run by its interpreter here, gets a fifth of it,
+on local-attention grids of at most 10 x 10.
 """
 
 from __future__ import annotations
@@ -136,24 +138,34 @@ def test_local_attention_matches_dense_definition(backend, device):
         B, heads, d = data.draw(st.integers(1, 2), "B"), data.draw(st.integers(1, 3), "heads"), data.draw(
             head_dims, "head_dim")
         layouts = [data.draw(st.sampled_from(LAYOUTS), f"{name} layout") for name in "qkv"]
-        with_bias = data.draw(st.booleans(), "bias")
+        bias_storage = data.draw(st.sampled_from([None, "contiguous", "heads_last"]), "bias")
+        six_d = data.draw(st.booleans(), "(B, F, H, W, heads, d) inputs")
         scale = data.draw(st.sampled_from([None, 0.3]), "scale")
         dtype = data.draw(dtypes(backend, device), "dtype")
         N = math.prod(grid)
         operands = [Operand(layout, B, N, heads, d, slot, dtype, device) for slot, layout in enumerate(layouts)]
         leaves = [(o.leaf, o.exact) for o in operands]
         names = ["q", "k", "v"]
-        table = None
-        if with_bias:
-            exact = torch.randn(heads, *bias_table_shape(window), dtype=torch.float64, requires_grad=True)
-            table = (exact.detach().to(device, dtype).requires_grad_(), exact)
-            leaves.append(table)
+        ours_bias = exact_bias = None
+        if bias_storage:
+            # heads_last: Swin's (positions, heads) parameter seen as the op's (heads, ...) table, not copied
+            shape = bias_table_shape(window)
+            exact = torch.randn(*((heads, *shape) if bias_storage == "contiguous" else (*shape, heads)),
+                                dtype=torch.float64, requires_grad=True)
+            leaf = exact.detach().to(device, dtype).requires_grad_()
+            leaves.append((leaf, exact))
             names.append("bias")
-        out = logo_attn.local_attention(*(o.ours() for o in operands), grid, window, shift=shift,
-                                        bias=None if table is None else table[0], scale=scale, backend=backend)
+            ours_bias, exact_bias = ((t if bias_storage == "contiguous" else t.permute(3, 0, 1, 2)) for t in (leaf, exact))
+        q, k, v = (o.ours() for o in operands)
+        if six_d:
+            out = logo_attn.local_attention(*(t.unflatten(1, grid) for t in (q, k, v)), None, window, shift=shift,
+                                            bias=ours_bias, scale=scale, backend=backend).flatten(1, 3)
+        else:
+            out = logo_attn.local_attention(q, k, v, grid, window, shift=shift, bias=ours_bias, scale=scale,
+                                            backend=backend)
         clipped = clip_window(grid, window)
         expected = dense_local_attention(*(o.reference() for o in operands), grid, clipped,
-                                         clip_shift(grid, window, shift), None if table is None else table[1], scale)
+                                         clip_shift(grid, window, shift), exact_bias, scale)
         dout = output_gradient(expected.shape, data.draw(st.booleans(), "expanded dout"))
         compare(out, expected, [a for a, _ in leaves], [b for _, b in leaves], names, dout)
 
