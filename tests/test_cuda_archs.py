@@ -142,6 +142,16 @@ def test_unrecorded_archs_refuse_nothing():
     assert _extension.describe_archs({"sass": ["8.0", "9.0"], "ptx": ["9.0"]}) == "sm_80, sm_90 and PTX compute_90"
 
 
+def test_info_says_which_archs_the_extension_holds(monkeypatch):
+    from logo_attn import info
+
+    record = {"cuda_kernels": True, "cuda_archs": {"sass": ["8.0", "9.0"], "ptx": ["9.0"]}}
+    monkeypatch.setattr(info, "read_record", lambda: record)
+    assert "CUDA kernels: compiled for sm_80, sm_90 and PTX compute_90" in info.report()
+    monkeypatch.setattr(info, "read_record", lambda: {"cuda_kernels": False, "cuda_reason": "this torch has no CUDA"})
+    assert "CUDA kernels: not built (this torch has no CUDA)" in info.report()
+
+
 @pytest.fixture
 def cuda_extension_for_h100(monkeypatch):
     """This install as if logo_attn._C had CUDA kernels for 9.0 (SASS + PTX) only and Triton were missing."""
