@@ -9,9 +9,10 @@ heads-last parameter seen through a permute), the 6-D input form, head dims 1..4
 float32 (and float64 where the backend computes it), and inputs in every storage the ops promise to
 read in place: contiguous, views of one packed projection, heads-first storage, a stride-2 last
 axis, and expanded (stride-0) batch or head axes, with an output gradient that may itself be
-expanded (what `.sum()` gives). The example budget comes from the profile tests/conftest.py loads
-(`ci` under CI: fixed and derandomized); Triton, run by its interpreter here, gets a fifth of it,
-on local-attention grids of at most 10 x 10.
+expanded (what `.sum()` gives). Every torch.empty* is NaN-filled (conftest's `poison_empty`), so an
+output element a kernel never writes fails. The example budget comes from the profile
+tests/conftest.py loads (`ci` under CI: fixed and derandomized); Triton, run by its interpreter
+here, gets a fifth of it, on local-attention grids of at most 10 x 10.
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ def window_and_shift(draw, grid):
 
 
 @pytest.mark.parametrize("backend,device", backend_params())
-def test_local_attention_matches_dense_definition(backend, device):
+def test_local_attention_matches_dense_definition(backend, device, poison_empty):
     require(backend, device)
 
     @budget(backend)
@@ -184,7 +185,7 @@ def dense_global_attention(q, k, v, scale=None):
 
 
 @pytest.mark.parametrize("backend,device", backend_params())
-def test_global_attention_matches_softmax_attention(backend, device):
+def test_global_attention_matches_softmax_attention(backend, device, poison_empty):
     require(backend, device)
 
     @budget(backend)
@@ -230,7 +231,7 @@ POOL_LAYOUTS = {
 
 
 @pytest.mark.parametrize("backend,device", backend_params())
-def test_window_pool_matches_window_means(backend, device):
+def test_window_pool_matches_window_means(backend, device, poison_empty):
     require(backend, device)
 
     @budget(backend)
@@ -256,7 +257,7 @@ def test_window_pool_matches_window_means(backend, device):
 
 
 @pytest.mark.parametrize("backend,device", backend_params())
-def test_layer_with_prefix_tokens_matches_its_float64_self(backend, device):
+def test_layer_with_prefix_tokens_matches_its_float64_self(backend, device, poison_empty):
     """LocalGlobalAttention on the backend against the same layer in float64 on the reference: the
     ops composed with prefix (CLS) tokens, pooled keys and both pooling kinds, every parameter's gradient."""
     require(backend, device)
