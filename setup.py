@@ -12,7 +12,8 @@ Environment flags (1 = on):
   LOGO_ATTN_SKIP_CPP    build no extension at all (on purpose: importing logo_attn does not warn)
   LOGO_ATTN_FORCE_CUDA  fail instead of building without the CUDA kernels
   LOGO_ATTN_SKIP_CUDA   never build the CUDA kernels
-  LOGO_ATTN_CUDA_ARCHS  TORCH_CUDA_ARCH_LIST to compile for when it is not set (default "9.0")
+  LOGO_ATTN_CUDA_ARCHS  the CUDA architectures to compile for, e.g. "8.0;9.0+PTX" (default: as PyTorch's
+                        extensions choose them, see build_backend/cuda_archs.py); recorded in _build.json
 """
 
 import glob
@@ -28,6 +29,8 @@ from setuptools import Command, setup
 from setuptools.command.build import build
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(ROOT, "build_backend"))  # already there under pip; not under `python setup.py`
+import cuda_archs  # noqa: E402
 RECORD_PATH = os.path.join("logo_attn", "_build.json")
 REINSTALL = "reinstall logo_attn from its source with `pip install .`"
 
@@ -56,11 +59,13 @@ RECORD = {
     "cxx11_abi": None,
     "cuda_kernels": False,
     "cuda_reason": "",
+    "cuda_archs": None,  # {"sass": ["8.0", ...], "ptx": ["9.0"]}: what the CUDA kernels were compiled for
 }
 
 
 def skip(reason: str, fix: str, deliberate: bool = False) -> dict:
-    RECORD.update(extension="skipped", reason=reason, fix=fix, deliberate=deliberate, cuda_kernels=False)
+    RECORD.update(extension="skipped", reason=reason, fix=fix, deliberate=deliberate, cuda_kernels=False,
+                  cuda_archs=None)
     # The deliberate case keeps the note tests/test_csrc.py looks for.
     note("LOGO_ATTN_SKIP_CPP=1: building a pure-Python package" if deliberate
          else f"building a pure-Python package: {reason}")
@@ -117,6 +122,25 @@ def cuda_plan(torch, cuda_home: str | None, cuda_sources: list[str]) -> tuple[bo
     return True, f"torch has CUDA {torch.version.cuda} and nvcc {nvcc} is at {cuda_home}"
 
 
+def choose_archs(torch, why: str) -> tuple[bool, str, dict | None]:
+    """Set TORCH_CUDA_ARCH_LIST for torch's BuildExtension (build_backend/cuda_archs.py's choice) and
+    read back the -gencode flags torch derives from it: (still building CUDA, why, the archs)."""
+    from torch.utils.cpp_extension import _get_cuda_arch_flags
+
+    visible = [torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())]
+    # torch.cuda.get_arch_list() is empty when no GPU is visible; the flags it reads are not
+    arch_flags = getattr(torch._C, "_cuda_getArchFlags", lambda: None)() or ""
+    value, source = cuda_archs.choose_arch_list(os.environ, visible, arch_flags.split())
+    if value is None:
+        return False, source, None
+    os.environ["TORCH_CUDA_ARCH_LIST"] = value
+    try:
+        archs = cuda_archs.compiled_archs(_get_cuda_arch_flags())
+    except ValueError as error:  # torch names the entry it does not know
+        return False, f"architectures {value!r} ({source}): {error}", None
+    return True, f"{why}; architectures {value}, {source}", archs
+
+
 def extension_args() -> dict:
     if flag("LOGO_ATTN_SKIP_CPP"):
         return skip("LOGO_ATTN_SKIP_CPP=1 was set when logo_attn was built",
@@ -145,8 +169,8 @@ def extension_args() -> dict:
 
     with_cuda, why = cuda_plan(torch, CUDA_HOME, cuda)
     if with_cuda:
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", os.environ.get("LOGO_ATTN_CUDA_ARCHS", "9.0"))
-        why += f"; architectures {os.environ['TORCH_CUDA_ARCH_LIST']}"
+        with_cuda, why, archs = choose_archs(torch, why)
+        RECORD.update(cuda_archs=archs)
     RECORD.update(extension="built", cuda_kernels=with_cuda, cuda_reason=why,
                   reason=f"CPU kernels{' and CUDA kernels' if with_cuda else ''}, against torch {torch.__version__}")
     note(f"building logo_attn._C with{'' if with_cuda else 'out'} CUDA kernels: {why} "
@@ -192,8 +216,8 @@ def build_ext_with_fallback(torch_build_ext, attempts):
                         raise
                     if index + 1 < len(attempts):
                         note(f"the CUDA kernels failed to compile; building the CPU kernels alone: {failure}")
-                        RECORD.update(cuda_kernels=False, reason=f"CPU kernels only, against torch {RECORD['torch']}",
-                                      cuda_reason=f"{failure}; `pip install -v .` shows the compiler's errors")
+                        RECORD.update(cuda_kernels=False, cuda_archs=None,
+                                      reason=f"CPU kernels only, against torch {RECORD['torch']}", cuda_reason=f"{failure}; `pip install -v .` shows the compiler's errors")
                     else:
                         self.extensions = self.distribution.ext_modules = []
                         skip(failure, f"`pip install -v .` shows the compiler's errors; fix them, then {REINSTALL}")

@@ -15,7 +15,7 @@ contiguous output, so every layout copy a user would pay is inside the timed cal
   `view_mean` (``x.view(...).mean(dim=(2, 4, 6))``, divisible grids only) and `partition_mean`
   (window partition + mean);
 - the layer: `SDPALocalGlobalAttention`, `LocalGlobalAttention` with those three peers in place of the
-  ops, same parameters.
+  ops, same parameters (pooling in float32 where avg_pool3d has no kernel of the layer's dtype).
 """
 
 from __future__ import annotations
@@ -242,8 +242,20 @@ def sdpa_global(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None) -> 
     return out.transpose(1, 2).contiguous()
 
 
+@functools.cache
+def avg_pool3d_problem(device_type: str, dtype: torch.dtype) -> str | None:
+    """Why F.avg_pool3d has no kernel for `dtype` on this device type (PyTorch 2.13 has no bfloat16 one
+    on CPU), or None: asked of PyTorch once, on one element."""
+    try:
+        F.avg_pool3d(torch.ones(1, 1, 1, 1, 1, device=device_type, dtype=dtype), 1)
+    except (NotImplementedError, RuntimeError) as error:
+        return f"F.avg_pool3d has no {str(dtype).removeprefix('torch.')} kernel on {device_type} ({type(error).__name__})"
+    return None
+
+
 def avg_pool3d_pool(x: Tensor, grid: Grid, window: Grid) -> Tensor:
-    """Window mean as (B, N, C) -> (B, C, F, H, W) copy + avg_pool3d; border windows average their own tokens."""
+    """Window mean as (B, N, C) -> (B, C, F, H, W) copy + avg_pool3d; border windows average their own
+    tokens. Raises where avg_pool3d has no kernel for x's dtype (`avg_pool3d_problem`)."""
     B, _, C = x.shape
     volume = x.transpose(1, 2).reshape(B, C, *grid)
     pooled = F.avg_pool3d(volume, tuple(window), tuple(window), ceil_mode=True, count_include_pad=False)
@@ -283,4 +295,8 @@ class SDPALocalGlobalAttention(LocalGlobalAttention):
     def _pool(self, y_grid: Tensor, grid: tuple[int, int, int]) -> Tensor:
         if self.pool_conv is not None:
             return super()._pool(y_grid, grid)
-        return avg_pool3d_pool(y_grid, grid, clip_window(grid, self.window))
+        window = clip_window(grid, self.window)
+        if avg_pool3d_problem(y_grid.device.type, y_grid.dtype):
+            # what a user's layer must do there: pool in float32 (the casts are in the timed call)
+            return avg_pool3d_pool(y_grid.float(), grid, window).to(y_grid.dtype)
+        return avg_pool3d_pool(y_grid, grid, window)

@@ -15,6 +15,7 @@ which times the implementations of a case in alternating rounds so that load cha
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from benchmarks import bench_ops
@@ -36,6 +37,8 @@ def synchronized(fn, device: torch.device):
 
 def test_op(benchmark, bench_item, bench_args):
     case, mode, impl = bench_item
+    if impl.unsupported:
+        pytest.skip(impl.unsupported)  # what this PyTorch lacks (e.g. a bf16 CPU kernel), not ours
     device = torch.device(bench_args.device)
     error = bench_ops.check(impl, case)  # raises where the implementation differs from the reference
     fn = synchronized(bench_ops.mode_fn(impl, mode, case.expected[2].to(case.dtype)), device)

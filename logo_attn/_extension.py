@@ -107,3 +107,44 @@ def warn_once_if_unusable() -> None:
     if current.problem and not current.deliberate:
         suffix = "" if current.loaded else f"; {FALLBACK}"
         warnings.warn(f"logo_attn: {current.problem}{suffix}", ExtensionWarning, stacklevel=3)
+
+
+def cuda_archs(record: dict | None = None) -> dict | None:
+    """The architectures the CUDA kernels were compiled for, as the build recorded them
+    ({"sass": ["8.0", ...], "ptx": ["9.0"]}), or None when the record does not say (an older build)."""
+    record = read_record() if record is None else record
+    return (record or {}).get("cuda_archs")
+
+
+def describe_archs(archs: dict | None) -> str:
+    """"sm_80, sm_90 and PTX compute_90" for the archs of `cuda_archs`."""
+    if archs is None:
+        return "architectures not recorded (built by an older logo_attn)"
+    names = [f"sm_{a.replace('.', '')}" for a in archs["sass"]]
+    names += [f"PTX compute_{a.replace('.', '')}" for a in archs["ptx"]]
+    return ", ".join(names[:-1]) + (" and " if len(names) > 1 else "") + names[-1] if names else "no architecture"
+
+
+def _runs_on(arch: str, capability: tuple[int, int], ptx: bool) -> bool:
+    """CUDA's compatibility rules: SASS for X.Y runs on X.Z for Z >= Y; PTX for X.Y is compiled by
+    the driver for any GPU of capability >= X.Y; an arch-specific "X.Ya" build runs on X.Y only."""
+    major, minor = (int(part) for part in arch.rstrip("abcdefghijklmnopqrstuvwxyz").split("."))
+    if arch[-1].isalpha():
+        return (major, minor) == tuple(capability)
+    if ptx:
+        return tuple(capability) >= (major, minor)
+    return capability[0] == major and capability[1] >= minor
+
+
+def arch_problem(capability: tuple[int, int], archs: dict | None) -> str | None:
+    """Why the CUDA kernels compiled for `archs` cannot run on a GPU of this compute capability, or
+    None when one of them can (or the build did not record them)."""
+    if archs is None:
+        return None
+    if any(_runs_on(a, capability, False) for a in archs["sass"]) or any(_runs_on(a, capability, True)
+                                                                        for a in archs["ptx"]):
+        return None
+    major, minor = capability
+    return (f"logo_attn._C holds CUDA kernels for {describe_archs(archs)}, none of which runs on this GPU "
+            f"(compute capability {major}.{minor}). Fix: {REINSTALL} on a machine with this GPU visible, or "
+            f"with LOGO_ATTN_CUDA_ARCHS={major}.{minor}")

@@ -153,12 +153,34 @@ def _input_problem(backend: str, device_type: str, dtype: torch.dtype, head_dim:
     return None
 
 
-def why_not(backend: str, device_type: str, dtype: torch.dtype, head_dim: int) -> str | None:
-    """The first reason `backend` cannot run on these inputs, or None when it can."""
+@functools.cache
+def device_capability(index: int) -> tuple[int, int]:
+    """The compute capability of CUDA device `index`, asked once."""
+    return tuple(torch.cuda.get_device_capability(index))
+
+
+def _arch_problem(backend: str, device_type: str, capability: tuple[int, int] | None) -> str | None:
+    """Why the CUDA extension has no kernel image for this GPU (compute capability; the current
+    device's for None), or None: the dispatcher refuses here rather than the launch failing."""
+    if backend != "cuda" or device_type != "cuda":
+        return None
+    if capability is None:
+        if not torch.cuda.is_available():
+            return None  # no GPU to ask; a CUDA tensor cannot exist then
+        capability = device_capability(torch.cuda.current_device())
+    extension = importlib.import_module("logo_attn._extension")
+    return extension.arch_problem(capability, extension.cuda_archs())
+
+
+def why_not(backend: str, device_type: str, dtype: torch.dtype, head_dim: int,
+            capability: tuple[int, int] | None = None) -> str | None:
+    """The first reason `backend` cannot run on these inputs, or None when it can. `capability` is
+    the compute capability of the inputs' CUDA device (default: the current device's)."""
     return (
         _install_problem(backend)
         or _device_problem(backend, device_type)
         or _input_problem(backend, device_type, dtype, head_dim)
+        or _arch_problem(backend, device_type, capability)
     )
 
 
@@ -168,19 +190,21 @@ def check_name(backend: object) -> None:
 
 
 @functools.lru_cache(maxsize=None)
-def choose(backend: str, device_type: str, dtype: torch.dtype, head_dim: int, interpreted: bool) -> str:
+def choose(backend: str, device_type: str, dtype: torch.dtype, head_dim: int, interpreted: bool,
+           capability: tuple[int, int] | None = None) -> str:
     """Resolve `backend` for inputs of this device type, dtype and head dim to a concrete backend name.
 
     "auto" takes the first backend of `AUTO_ORDER` that can run; an explicit backend that cannot
-    run raises ValueError saying why. `interpreted` is part of the cache key only.
+    run raises ValueError saying why. `interpreted` is part of the cache key only; `capability` is
+    the compute capability of the inputs' CUDA device (None: the current device's).
     """
     check_name(backend)
     if backend == "auto":
         for candidate in AUTO_ORDER.get(device_type, ("torch",)):
-            if why_not(candidate, device_type, dtype, head_dim) is None:
+            if why_not(candidate, device_type, dtype, head_dim, capability) is None:
                 return candidate
         return "torch"
-    problem = why_not(backend, device_type, dtype, head_dim)
+    problem = why_not(backend, device_type, dtype, head_dim, capability)
     if problem:
         raise ValueError(f"backend {backend!r} cannot run here: {problem}")
     return backend
@@ -189,7 +213,8 @@ def choose(backend: str, device_type: str, dtype: torch.dtype, head_dim: int, in
 def module_for(backend: str, tensor: torch.Tensor, head_dim: int | None = None):
     """The protocol module that computes `backend` for inputs like `tensor` (resolving "auto")."""
     head_dim = tensor.shape[-1] if head_dim is None else head_dim
-    name = choose(backend, tensor.device.type, tensor.dtype, int(head_dim), triton_interpreted())
+    capability = device_capability(tensor.device.index) if tensor.is_cuda else None
+    name = choose(backend, tensor.device.type, tensor.dtype, int(head_dim), triton_interpreted(), capability)
     return _module(name)
 
 
@@ -204,5 +229,7 @@ def available_backends() -> dict[str, BackendStatus]:
             if problem is None:
                 status[name] = BackendStatus(True, "available on CPU tensors under the Triton interpreter")
                 continue
+        if problem is None and has_gpu:
+            problem = _arch_problem(name, "cuda", None)
         status[name] = BackendStatus(problem is None, problem or "available")
     return status

@@ -5,7 +5,8 @@ import platform
 import torch
 
 from . import __version__, available_backends
-from .backends import AUTO_ORDER
+from ._extension import cuda_archs, describe_archs, read_record
+from .backends import AUTO_ORDER, device_capability
 
 
 def cpu_paths(features: dict) -> dict[str, str]:
@@ -37,7 +38,13 @@ def report() -> str:
         triton_version = triton.__version__
     except ImportError:
         triton_version = "not installed"
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none visible"
+    gpu = "none visible"
+    if torch.cuda.is_available():
+        major, minor = device_capability(torch.cuda.current_device())
+        gpu = f"{torch.cuda.get_device_name()} (compute capability {major}.{minor})"
+    record = read_record() or {}
+    cuda_kernels = (f"compiled for {describe_archs(cuda_archs(record))} (LOGO_ATTN_CUDA_ARCHS chooses them at build time)"
+                    if record.get("cuda_kernels") else f"not built ({record.get('cuda_reason') or 'no build record'})")
     try:
         from . import _C
 
@@ -51,6 +58,7 @@ def report() -> str:
         f"GPU: {gpu}",
         f"CPU kernels: {cpu_isa} (LOGO_ATTN_CPU_ISA forces a lower level)",
         *(f"  {dtype:<8} {path}" for dtype, path in paths.items()),
+        f"CUDA kernels: {cuda_kernels}",
         "",
         "backends:",
     ]

@@ -4,6 +4,11 @@
   kernel is defined, i.e. before logo_attn.kernels is imported, so it is set here.
 - `poison_empty` fills every tensor from torch.empty* with NaN (flash-linear-attention does this),
   so an output element a kernel forgets to write fails the comparison instead of passing as zero.
+- Hypothesis profiles (tests/test_properties.py): `ci`, loaded when the CI environment variable is
+  set, has a fixed example budget and a derandomized seed, so a CI failure reproduces and the run's
+  length is known; `dev`, the default, draws fresh examples each run. HYPOTHESIS_PROFILE picks one.
+  No deadline in either: the machines are shared and Triton's interpreter is slow, so a time per
+  example says nothing about the code.
 """
 
 import os
@@ -14,6 +19,17 @@ if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 
 import pytest  # noqa: E402
+
+try:
+    from hypothesis import HealthCheck, settings
+except ImportError:  # tests/test_properties.py skips, saying so
+    pass
+else:
+    settings.register_profile("ci", max_examples=12, derandomize=True, deadline=None, print_blob=True,
+                              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    settings.register_profile("dev", max_examples=40, deadline=None,
+                              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
 
 
 def _nan_fill(t):

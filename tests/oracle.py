@@ -1,12 +1,9 @@
 """What every backend suite shares: the backend/device/dtype matrix, inputs in several stride layouts,
 float64 references with gradients by autograd, and the tolerance rules.
 
-Tolerances (one table):
-- float64 / float32: max |error| <= TOLERANCE[dtype] * max(1, max |reference|).
-- float16 / bfloat16: the flash-attn rule. The error of the backend is at most twice the error of
-  the PyTorch reference computed in that same low precision (`compute_dtype=dtype`: matmuls and
-  softmax in fp16/bf16), both measured against the float64 reference; plus one unit of rounding of
-  the output dtype so a lucky exact low-precision run does not demand an exact kernel.
+Tolerances: `logo_attn.tolerance`'s rule (the benchmarks judge by it too). In fp16/bf16 the
+PyTorch computation setting the bound is the reference in that same low precision
+(`compute_dtype=dtype`: matmuls and softmax in fp16/bf16).
 """
 
 from __future__ import annotations
@@ -15,13 +12,7 @@ import pytest
 import torch
 
 from logo_attn import backends
-
-TOLERANCE = {
-    torch.float64: 1e-10,
-    # fp32 accumulation over <= a few hundred terms; kernels sum in another order than PyTorch
-    torch.float32: 2e-5,
-}
-HALF = (torch.float16, torch.bfloat16)
+from logo_attn.tolerance import HALF, TOLERANCE, error_bound, max_error  # noqa: F401  (the suites' names)
 
 # (backend, device) pairs every op suite runs. CUDA pairs run where a GPU is present; Triton runs on
 # CPU tensors under its interpreter on machines without one (conftest sets TRITON_INTERPRET=1).
@@ -139,10 +130,6 @@ def grads(out, inputs, dout):
 # --------------------------------------------------------------------------------------------------
 
 
-def max_error(actual, reference):
-    return (actual.detach().to(torch.float64).cpu() - reference.detach().cpu()).abs().max().item()
-
-
 def assert_matches(name, actual, reference, dtype, lowp=None):
     """`actual` (dtype) against the float64 `reference`; `lowp` is the PyTorch result in dtype for fp16/bf16."""
     assert actual.shape == reference.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(reference.shape)}"
@@ -152,11 +139,7 @@ def assert_matches(name, actual, reference, dtype, lowp=None):
     magnitude = reference.abs().max().item()
     if dtype in HALF:
         assert lowp is not None, "low-precision comparisons need the PyTorch low-precision result"
-        bound = 2 * max_error(lowp, reference) + torch.finfo(dtype).eps * max(1.0, magnitude)
-        rule = "2 x PyTorch's own low-precision error"
-    else:
-        bound = TOLERANCE[dtype] * max(1.0, magnitude)
-        rule = f"{TOLERANCE[dtype]} x max(1, |ref|)"
+    bound, rule = error_bound(dtype, magnitude, None if lowp is None else max_error(lowp, reference))
     assert err <= bound, f"{name}: max error {err:.3e} exceeds {bound:.3e} ({rule})"
 
 

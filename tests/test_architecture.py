@@ -23,7 +23,7 @@ LAYERS = {
     "logo_attn.ops": 4,
     "logo_attn.info": 3.5, "logo_attn.backends": 3,
     "logo_attn.reference": 2, "logo_attn._cpp": 2, "logo_attn._extension": 2, "logo_attn.kernels": 2,
-    "logo_attn.flops": 1, "logo_attn.checks": 1,
+    "logo_attn.flops": 1, "logo_attn.checks": 1, "logo_attn.tolerance": 1,
     "logo_attn.geometry": 0, "logo_attn._version": 0,
 }
 

@@ -368,3 +368,28 @@ def test_command_line_mistakes_exit_2_with_one_error_line(script, args, message)
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True, text=True)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert message in result.stderr.strip().splitlines()[-1]
+
+
+# The GPU preset with its shapes shrunk, everything else (bf16, every op, peer and mode) as it is.
+TINY_GPU_PRESET = ["--preset", "gpu", "--device", "cpu", "--batch", "1", "--grid", "3x5x4", "--heads", "2",
+                   "--head-dim", "16", "--global-keys", "8", "--swin-shapes", "4x6x6:2x3x3:2x8", "--swin-batch", "1",
+                   "--threads", "1", "--min-run-time", "0.001"]
+
+
+def test_every_row_of_the_gpu_preset_runs_on_cpu_in_bf16(tmp_path):
+    """Before GPU time is spent: every case of `--preset gpu` (bf16) passes its float64 check (the
+    tests' low-precision rule) and is timed on CPU, but for what PyTorch has no CPU kernel for, each
+    row saying so."""
+    rows = bench_ops.main([*TINY_GPU_PRESET, "--out", str(tmp_path / "gpu_preset")])
+    args = bench_ops.parse_args(TINY_GPU_PRESET)
+    assert args.dtype == "bfloat16" and set(args.ops) == set(bench_ops.OPS) and set(args.modes) == set(bench_ops.MODES)
+    expected = {(case.op, impl.name, tuple(case.shape["grid"]), case.shape.get("keys"), mode)
+                for case in bench_ops.cases(args) for impl in case.impls for mode in args.modes}
+    assert {(r["op"], r["impl"], tuple(r["grid"]), r["keys"], r["mode"]) for r in rows} == expected
+    not_here = {"n/a: FlexAttention has no backward on CPU",
+                f"n/a: {peers.avg_pool3d_problem('cpu', torch.bfloat16)}"}  # None where this torch has the kernel
+    for r in rows:
+        assert r["status"] == "ok" or r["status"] in not_here, (r["op"], r["impl"], r["mode"], r["status"])
+        assert r["status"] != "ok" or r["median_ms"] > 0
+    assert {r["impl"] for r in rows if r["op"] == "LocalGlobalAttention" and r["status"] == "ok"} == {
+        "layer[cpu]", "layer[torch]", "layer(partition+sdpa, avg_pool3d, sdpa)"}

@@ -250,16 +250,23 @@ def test_cuda_kernels_need_cuda_torch_and_an_nvcc_of_its_major_version(setup_mod
     assert plan(cuda_torch, home, sources) == (False, "LOGO_ATTN_SKIP_CUDA=1")
 
 
-@pytest.mark.parametrize("env,archs", [({}, "9.0"), ({"LOGO_ATTN_CUDA_ARCHS": "8.0;9.0"}, "8.0;9.0"),
-                                       ({"TORCH_CUDA_ARCH_LIST": "10.0", "LOGO_ATTN_CUDA_ARCHS": "8.0"}, "10.0")])
+# no variable and no GPU visible: what the (stand-in) CUDA torch was built for, PTX for the newest;
+# LOGO_ATTN_CUDA_ARCHS wins over TORCH_CUDA_ARCH_LIST (which may be set for other builds)
+@pytest.mark.parametrize("env,archs", [({}, "8.0;9.0+PTX"), ({"LOGO_ATTN_CUDA_ARCHS": "8.0;9.0"}, "8.0;9.0"),
+                                       ({"TORCH_CUDA_ARCH_LIST": "10.0"}, "10.0"),
+                                       ({"TORCH_CUDA_ARCH_LIST": "10.0", "LOGO_ATTN_CUDA_ARCHS": "8.0"}, "8.0")])
 def test_cuda_build_compiles_the_cu_sources_for_the_chosen_architectures(setup_module, tmp_path, monkeypatch,
                                                                         env, archs):
     from torch.utils import cpp_extension
 
-    monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "")  # undone after the test, whatever setup.py sets
+    monkeypatch.delenv("TORCH_CUDA_ARCH_LIST")
+    monkeypatch.delenv("LOGO_ATTN_CUDA_ARCHS", raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setattr(torch._C, "_cuda_getArchFlags", lambda: "sm_80 sm_90", raising=False)
     monkeypatch.setattr(cpp_extension, "CUDA_HOME", fake_cuda_home(tmp_path, "13.0"))
     args = setup_module.extension_args()
     (extension,) = args["ext_modules"]
