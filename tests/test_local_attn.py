@@ -588,11 +588,6 @@ def dense_bias(heads, grid, window, dtype=torch.float64, device="cpu"):
     return torch.randn(heads, slots, slots, dtype=dtype, device=device, requires_grad=True)
 
 
-def dense_backends():
-    """The backends that take a dense bias so far."""
-    return [p for p in backend_params() if p.values[0] in ("torch", "cpu")]
-
-
 @pytest.mark.parametrize("grid,window,shift", DENSE_CASES)
 def test_reference_with_dense_bias_equals_dense_masked_attention(grid, window, shift):
     """The reference's partition slots against slots computed from coordinates: forward and every
@@ -669,8 +664,6 @@ def test_dense_bias_gathered_from_a_table_equals_the_table():
 @pytest.mark.parametrize("grid,window,shift", DENSE_CASES)
 @pytest.mark.parametrize("backend,device,dtype", backend_dtype_params())
 def test_dense_bias_matches_reference(backend, device, dtype, grid, window, shift, poison_empty):
-    if backend not in ("torch", "cpu"):
-        pytest.skip("the dense bias is not wired into this backend yet")
     require(backend, device, dtype, 16)
     N, heads = math.prod(grid), 2
     q, k, v = attention_inputs(2, N, N, heads, 16, dtype, device, "packed")
@@ -687,7 +680,7 @@ def test_dense_bias_matches_reference(backend, device, dtype, grid, window, shif
     )
 
 
-@pytest.mark.parametrize("backend,device", dense_backends())
+@pytest.mark.parametrize("backend,device", backend_params())
 def test_dense_bias_strided_float32_with_half_inputs(backend, device):
     """A float32 dense bias read through strides (a transposed view) with fp16/bf16 activations."""
     dtype = torch.bfloat16 if backend in ("cpu", "torch") else torch.float16
@@ -705,7 +698,7 @@ def test_dense_bias_strided_float32_with_half_inputs(backend, device):
     torch.testing.assert_close(dleaf.permute(2, 1, 0).double(), want, atol=0.05 * want.abs().max().item(), rtol=0)
 
 
-@pytest.mark.parametrize("backend,device", dense_backends())
+@pytest.mark.parametrize("backend,device", backend_params())
 def test_dense_bias_gradient_is_deterministic_and_thread_count_independent(backend, device):
     require(backend, device)
     grid, window, shift = (4, 7, 6), (2, 3, 4), (1, 1, 2)
@@ -728,7 +721,7 @@ def test_dense_bias_gradient_is_deterministic_and_thread_count_independent(backe
             assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("backend,device", dense_backends())
+@pytest.mark.parametrize("backend,device", backend_params())
 def test_non_finite_dense_bias_entry_stays_in_its_slot_pair(backend, device):
     """A NaN at bias[h, i, j] reaches, in the output, only head h's queries at slot i of the windows
     holding slot j too, and in the bias gradient only row (h, i) (those queries' probabilities)."""
@@ -753,7 +746,7 @@ def test_non_finite_dense_bias_entry_stays_in_its_slot_pair(backend, device):
     assert bad[1, i].any() and not bad[0].any() and not bad[1, :i].any() and not bad[1, i + 1:].any()
 
 
-@pytest.mark.parametrize("backend,device", dense_backends())
+@pytest.mark.parametrize("backend,device", backend_params())
 def test_opcheck_with_dense_bias(backend, device):
     require(backend, device)
     grid, window, shift, scale = [3, 4, 5], [2, 3, 2], [1, 2, 1], 0.25
@@ -765,7 +758,7 @@ def test_opcheck_with_dense_bias(backend, device):
                           (torch.randn_like(out), q, k, v, out, lse, grid, window, shift, bias, scale, True, backend))
 
 
-@pytest.mark.parametrize("backend,device", dense_backends())
+@pytest.mark.parametrize("backend,device", backend_params())
 def test_compile_fullgraph_dynamic_with_dense_bias(backend, device):
     require(backend, device)
     torch._dynamo.reset()
@@ -797,21 +790,22 @@ def test_gradcheck_float64_with_dense_bias(backend, device, dtype):
         lambda q, k, v, b: local_attention(q, k, v, grid, window, shift=shift, bias=b, backend=backend), (q, k, v, bias))
 
 
-@pytest.mark.parametrize("backend,device", dense_backends())
+@pytest.mark.parametrize("backend,device", backend_params())
 def test_second_derivatives_with_dense_bias(backend, device):
-    require(backend, device, torch.float64)
+    require(backend, device)
+    dtype = torch.float64 if backend in ("torch", "cpu") else torch.float32
     grid, window, shift = (2, 3, 4), (2, 2, 3), (0, 1, 2)
-    q, k, v = (t.detach().requires_grad_(True) for t in attention_inputs(1, 24, 24, 2, 4, torch.float64, device, "contiguous"))
-    inputs = (q, k, v, torch.randn(2, 12, 12, dtype=torch.float64, device=device, requires_grad=True))
+    q, k, v = (t.detach().requires_grad_(True) for t in attention_inputs(1, 24, 24, 2, 4, dtype, device, "contiguous"))
+    inputs = (q, k, v, torch.randn(2, 12, 12, dtype=dtype, device=device, requires_grad=True))
     got = second_derivatives(
         lambda q, k, v, b: local_attention(q, k, v, grid, window, shift=shift, bias=b, backend=backend), inputs)
     want = second_derivatives(
         lambda q, k, v, b: dense_local_attention(q, k, v, grid, window, (0, 1, 2), b), inputs)
-    for g, w in zip(got, want):
-        torch.testing.assert_close(g, w)
+    for g, w in zip(got, want):  # fp32 kernels' outputs feed the penalty: relative 1e-4
+        torch.testing.assert_close(g, w, atol=1e-4 * w.abs().max().item(), rtol=1e-4)
 
 
-@pytest.mark.parametrize("backend,device", dense_backends())
+@pytest.mark.parametrize("backend,device", backend_params())
 def test_flop_counter_is_the_same_with_a_dense_bias(backend, device):
     require(backend, device)
     grid, window, shift = (3, 5, 7), (2, 2, 3), (1, 1, 1)
