@@ -1,7 +1,8 @@
 """The import directions of docs/architecture.md, read from the source (ast), so a new import that
 breaks the layering fails here:
 
-    application (logo_attn.logoformer) -> layers (layers, baselines) -> ops -> dispatcher (backends)
+    application (logo_attn.logoformer) -> client swaps (swap_torchvision, swap_timm) -> their shared
+    body (client_attention) -> layers (layers, baselines, swin) -> ops -> dispatcher (backends)
     -> backends (reference, _cpp, kernels) -> shared leaves (geometry, checks, flops)
 
 A module may import modules of lower layers and of its own package; kernels/ imports nothing of the
@@ -17,6 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS = {
     "logo_attn.logoformer": 6,
     "logo_attn.train": 7, "logo_attn.evaluate": 7,  # the command-line entry points, above the application
+    # the client swaps reuse the Swin layer's pieces through their shared body
+    "logo_attn.swap_torchvision": 5.7, "logo_attn.swap_timm": 5.7, "logo_attn.client_attention": 5.5,
     "logo_attn.layers": 5, "logo_attn.baselines": 5, "logo_attn.swin": 5,
     "logo_attn.ops": 4,
     "logo_attn.info": 3.5, "logo_attn.backends": 3,
@@ -109,5 +112,16 @@ def test_importing_the_library_does_not_load_the_application():
     import sys
 
     code = "import sys, logo_attn; print(sorted(m for m in sys.modules if 'logoformer' in m))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out
+
+
+def test_importing_the_library_does_not_import_the_swap_clients():
+    """The swaps import torchvision / timm (and MONAI) inside themselves, when called."""
+    import subprocess
+    import sys
+
+    code = ("import sys, logo_attn; print(sorted(m for m in sys.modules "
+            "if m.split('.')[0] in ('torchvision', 'timm', 'monai')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", out
