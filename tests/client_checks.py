@@ -51,7 +51,8 @@ def assert_same_function(ours: nn.Module, client: nn.Module, x: torch.Tensor, *,
 def assert_low_precision(ours: nn.Module, client: nn.Module, x: torch.Tensor, dtype: torch.dtype) -> None:
     """`ours` and `client` (float64 modules holding the same values) cast to `dtype`: the error of
     ours against the float64 client, output and every gradient, is at most twice the client's own
-    error in `dtype` plus one rounding unit."""
+    error in `dtype` plus one rounding unit; in float32 also anything within the suites' float32
+    tolerance (a parameter's gradient sums over every token, in another order than the client's)."""
     truth_dout = torch.randn_like(client(x))
     truth = outputs_and_grads(client, x, truth_dout)
     low = [copy.deepcopy(m).to(dtype) for m in (ours, client)]
@@ -59,6 +60,8 @@ def assert_low_precision(ours: nn.Module, client: nn.Module, x: torch.Tensor, dt
     for name, t in truth.items():
         magnitude = max(1.0, t.abs().max().item())
         bound = 2 * max_error(theirs[name], t) + torch.finfo(dtype).eps * magnitude
+        if dtype in TOLERANCE:
+            bound = max(bound, TOLERANCE[dtype] * magnitude)
         err = max_error(got[name], t)
         assert err <= bound, f"{dtype} {name}: max error {err:.3e} exceeds {bound:.3e} (2 x the client's own)"
 

@@ -102,10 +102,10 @@ def swin(version, fused=False):
     torch.manual_seed(2)
     if version == 2:
         model = timm_swin_v2.SwinTransformerV2(img_size=64, window_size=4, embed_dim=12, depths=(2, 2, 2),
-                                               num_heads=(1, 2, 2), num_classes=5)
+                                               num_heads=(1, 2, 2), num_classes=5, drop_path_rate=0.0)
     else:
         model = timm_swin.SwinTransformer(img_size=64, window_size=4, embed_dim=12, depths=(2, 2, 2),
-                                          num_heads=(1, 2, 2), num_classes=5)
+                                          num_heads=(1, 2, 2), num_classes=5, drop_path_rate=0.0)
     for module in model.modules():
         if hasattr(module, "fused_attn"):
             module.fused_attn = fused
