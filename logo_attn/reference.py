@@ -112,9 +112,17 @@ def table_window(bias: Tensor) -> tuple[int, int, int]:
 
 
 def window_bias(bias: Tensor, window: Grid) -> Tensor:
-    """(heads, T, T): the table's bias of every slot pair of a window."""
+    """(heads, T, T): the bias of every slot pair of a window, gathered from a relative-position
+    table, or a dense (heads, T, T) bias itself (it is indexed by slot pair already)."""
+    if is_dense_bias(bias):
+        return bias
     index = relative_position_index(window, table_window(bias), bias.device)
     return bias.flatten(1)[:, index]
+
+
+def is_dense_bias(bias: Tensor) -> bool:
+    """A dense (heads, T, T) slot-pair bias, as opposed to a (heads, 2f-1, 2h-1, 2w-1) offset table."""
+    return bias.dim() == 3
 
 
 # --------------------------------------------------------------------------------------------------
@@ -155,8 +163,9 @@ def local_attention_with_lse(
     """Windowed attention on (B, N, heads, d) inputs; returns out (B, N, heads, d) and lse (B, heads, N).
 
     `window` must already be clipped to `grid` and `shift` zeroed on clipped axes (the public op
-    does both). `bias` is a (heads, 2f'-1, 2h'-1, 2w'-1) relative-position table with f' >= f.
-    `lse` is in the compute dtype.
+    does both). `bias` is a (heads, 2f'-1, 2h'-1, 2w'-1) relative-position table with f' >= f, or a
+    dense (heads, T, T) bias over the slot pairs of the window's T = f*h*w partition slots (the
+    slots `window_partition` numbers). `lse` is in the compute dtype.
     """
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     compute_dtype = compute_dtype or accumulation_dtype(q.dtype)
@@ -205,7 +214,8 @@ def window_pool(x: Tensor, grid: Grid, window: Grid) -> Tensor:
 # Backend protocol (what logo_attn.ops calls for backend="torch"). Backward is written out, as the
 # kernels do it, from the saved output and log-sum-exp:
 #   P = exp(S - lse),  dV = P^T dO,  dS = P * (dO V^T - rowsum(dO * O)),  dQ = dS K * scale,
-#   dK = dS^T Q * scale,  dBias[offset] = sum of dS over the pairs at that offset
+#   dK = dS^T Q * scale,  dBias[offset] = sum of dS over the pairs at that offset (a table), or
+#   dBias[slot_i, slot_j] = sum of dS over batch and windows (a dense bias)
 # --------------------------------------------------------------------------------------------------
 
 
@@ -232,10 +242,15 @@ def _softmax_attention_bwd(
     return dq, dk, dv, ds
 
 
-def _bias_grad(ds: Tensor, bias: Tensor, window: Grid) -> Tensor:
-    """dS (B, M, heads, T, T) summed per table entry: the (heads, 2f'-1, 2h'-1, 2w'-1) table gradient."""
+def _bias_grad(ds: Tensor, bias: Tensor, window: Grid, key_mask: Tensor) -> Tensor:
+    """dS (B, M, heads, T, T) summed over batch and windows per slot pair (the dense bias's gradient),
+    then per table entry for a (heads, 2f'-1, 2h'-1, 2w'-1) table. Pairs whose query slot is padding
+    count 0 (their dS is 0 unless a bias entry only padding reaches is not finite)."""
+    per_pair = ds.masked_fill(~key_mask.transpose(-1, -2), 0.0).sum(dim=(0, 1))  # (heads, T, T)
+    if is_dense_bias(bias):
+        return per_pair.to(bias.dtype)
     index = relative_position_index(window, table_window(bias), ds.device).flatten()
-    per_pair = ds.sum(dim=(0, 1)).flatten(1)  # (heads, T*T)
+    per_pair = per_pair.flatten(1)  # (heads, T*T)
     grad = per_pair.new_zeros(bias.shape[0], bias[0].numel()).index_add_(1, index, per_pair)
     return grad.view(bias.shape).to(bias.dtype)
 
@@ -252,7 +267,7 @@ def local_attn_bwd(dout, q, k, v, out, lse, grid, window, shift, bias, scale, bi
     key_mask, score_bias = _window_operands(grid, window, shift, bias, q.device)
     *grads, ds = _softmax_attention_bwd(*parts, lse_w, scale, key_mask, score_bias)
     dq, dk, dv = (window_unpartition(g.transpose(2, 3), grid, window, shift).to(q.dtype).contiguous() for g in grads)
-    dbias = _bias_grad(ds, bias, window) if bias is not None and bias_grad else None
+    dbias = _bias_grad(ds, bias, window, key_mask) if bias is not None and bias_grad else None
     return dq, dk, dv, dbias
 
 

@@ -3,8 +3,11 @@ same-window mask and the relative-position bias built from token coordinates.
 
 Independent of the window partition code of logo_attn.reference and of every kernel: window ids
 come from the definition (coordinate t lies in window (t + (w - s) % w) // w along each axis), the
-bias of pair (i, j) is table[head, t_i - t_j + f - 1, y_i - y_j + h - 1, x_i - x_j + w - 1]. Memory
-is N^2, so it is for small grids only. Gradients (bias included) come from autograd.
+bias of pair (i, j) is table[head, t_i - t_j + f - 1, y_i - y_j + h - 1, x_i - x_j + w - 1] for a
+relative-position table, dense[head, slot_i, slot_j] for a dense (heads, T, T) bias, a token's slot
+being its coordinates modulo the window after the shift's offset ((t + (w - s) % w) % w per axis: its
+place in its nominal window), row major. Memory is N^2, so it is for small grids only. Gradients (bias
+included) come from autograd.
 """
 
 from __future__ import annotations
@@ -39,11 +42,26 @@ def relative_bias(table, grid):
     return gathered.masked_fill(~inside, 0.0)
 
 
+def window_slots(grid, window, shift=(0, 0, 0)):
+    """(N,) long: each token's slot in its nominal window, row-major over the (clipped) window."""
+    slot = torch.zeros((), dtype=torch.long)
+    for c, w, s in zip(coordinates(grid), window, shift):
+        slot = slot * w + (c + (w - s) % w) % w
+    return slot
+
+
+def slot_pair_bias(dense, grid, window, shift=(0, 0, 0)):
+    """(heads, N, N) bias of every pair from a dense (heads, T, T) slot-pair bias."""
+    slot = window_slots(grid, window, shift)
+    return dense[:, slot[:, None], slot[None, :]]
+
+
 def dense_local_attention(q, k, v, grid, window, shift=(0, 0, 0), bias=None, scale=None):
     """softmax(q k^T * scale + bias, same-window mask) v for q/k/v (B, N, heads, d)."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     scores = torch.einsum("bihd,bjhd->bhij", q, k) * scale
     if bias is not None:
-        scores = scores + relative_bias(bias, grid).to(scores.dtype)
+        pair_bias = slot_pair_bias(bias, grid, window, shift) if bias.dim() == 3 else relative_bias(bias, grid)
+        scores = scores + pair_bias.to(scores.dtype)
     scores = scores.masked_fill(~same_window_mask(grid, window, shift), float("-inf"))
     return torch.einsum("bhij,bjhd->bihd", scores.softmax(-1), v)

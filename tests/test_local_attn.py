@@ -566,6 +566,264 @@ def test_flop_formula_counts_shifted_windows(grid, window, shift):
 
 
 # --------------------------------------------------------------------------------------------------
+# The dense (heads, T, T) bias shared by every window
+# --------------------------------------------------------------------------------------------------
+
+# grid, window, shift: divisible with a shift (Swin's SW-MSA slots), partial windows at both ends,
+# a clipped axis (T follows the clipped window), a window clipped on every axis after one of length
+# > 1 (where MONAI's relative_position_index[:n, :n] is not a table of offsets), one window over
+# three Triton key tiles, and a 2-D grid of one frame
+DENSE_CASES = [
+    pytest.param((4, 6, 6), (2, 3, 3), (1, 1, 2), id="divisible-swin"),
+    pytest.param((5, 7, 6), (2, 3, 4), (1, 2, 1), id="partial-windows-both-ends"),
+    pytest.param((3, 4, 5), (4, 2, 3), (2, 1, 0), id="clipped-axis"),
+    pytest.param((3, 3, 3), (7, 7, 7), (3, 3, 3), id="clipped-everywhere"),
+    pytest.param((2, 12, 12), (2, 12, 12), (0, 0, 0), id="288-slot-window"),
+    pytest.param((1, 9, 10), (1, 4, 4), (0, 2, 2), id="2d-one-frame"),
+]
+
+
+def dense_bias(heads, grid, window, dtype=torch.float64, device="cpu"):
+    slots = math.prod(clip_window(grid, window))
+    return torch.randn(heads, slots, slots, dtype=dtype, device=device, requires_grad=True)
+
+
+def dense_backends():
+    """The backends that take a dense bias so far."""
+    return [p for p in backend_params() if p.values[0] == "torch"]
+
+
+@pytest.mark.parametrize("grid,window,shift", DENSE_CASES)
+def test_reference_with_dense_bias_equals_dense_masked_attention(grid, window, shift):
+    """The reference's partition slots against slots computed from coordinates: forward and every
+    gradient, the bias's included."""
+    N, heads = math.prod(grid), 2
+    q, k, v = (torch.randn(2, N, heads, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    bias = dense_bias(heads, grid, window)
+    clipped, used_shift = clip_window(grid, window), clip_shift(grid, window, shift)
+    got = reference.local_attention(q, k, v, grid, clipped, 0.4, shift=used_shift, bias=bias)
+    want = dense_local_attention(q, k, v, grid, clipped, used_shift, bias, 0.4)
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
+    dout = torch.randn_like(got)
+    for g, w in zip(torch.autograd.grad(got, (q, k, v, bias), dout), torch.autograd.grad(want, (q, k, v, bias), dout)):
+        torch.testing.assert_close(g, w, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("grid,window,shift", DENSE_CASES[:3])
+def test_dense_bias_backward_written_out_equals_autograd(grid, window, shift):
+    N, clipped, shift = math.prod(grid), clip_window(grid, window), clip_shift(grid, window, shift)
+    q, k, v = (torch.randn(2, N, 3, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    bias = dense_bias(3, grid, clipped)
+    out, lse = reference.local_attn_fwd(q, k, v, grid, clipped, shift, bias, 0.7)
+    dout = torch.randn_like(out)
+    got = reference.local_attn_bwd(dout, q, k, v, out, lse, grid, clipped, shift, bias, 0.7, True)
+    for g, w in zip(got, torch.autograd.grad(out, (q, k, v, bias), dout)):
+        torch.testing.assert_close(g, w)
+
+
+def test_dense_bias_equals_swin_roll_partition_on_a_divisible_grid():
+    """Swin's SW-MSA with a dense bias: roll by -s, partition, add bias[head, slot_i, slot_j] and the
+    region mask inside each window, un-partition, roll back."""
+    grid, window, shift, heads, d = (4, 6, 6), (2, 3, 3), (1, 1, 2), 2, 8
+    N, T = math.prod(grid), math.prod(window)
+    q, k, v = (torch.randn(1, N, heads, d, dtype=torch.float64) for _ in range(3))
+    bias = torch.randn(heads, T, T, dtype=torch.float64)
+    ours = reference.local_attention(q, k, v, grid, window, shift=shift, bias=bias)
+
+    def windows(t, roll=True):  # (1, N, heads, c) rolled -> (windows, heads, T, c), Swin's window_partition
+        t = t.view(*grid, *t.shape[2:])
+        if roll:
+            t = torch.roll(t, [-s for s in shift], dims=(0, 1, 2))
+        n = [g // w for g, w in zip(grid, window)]
+        t = t.view(n[0], window[0], n[1], window[1], n[2], window[2], *t.shape[3:]).permute(0, 2, 4, 6, 1, 3, 5, 7)
+        return t.reshape(-1, t.shape[4], T, t.shape[-1])
+
+    region = torch.zeros(grid)
+    count = 0
+    for a in (slice(0, -window[0]), slice(-window[0], -shift[0]), slice(-shift[0], None)):
+        for b in (slice(0, -window[1]), slice(-window[1], -shift[1]), slice(-shift[1], None)):
+            for c in (slice(0, -window[2]), slice(-window[2], -shift[2]), slice(-shift[2], None)):
+                region[a, b, c] = count
+                count += 1
+    # the region labels are those of the rolled grid's tokens already
+    labels = windows(region.view(1, N, 1, 1).expand(1, N, heads, 1), roll=False)[:, 0, :, 0]  # (windows, T)
+    mask = labels[:, None, :, None] == labels[:, None, None, :]
+    scores = windows(q) @ windows(k).transpose(-1, -2) * d**-0.5 + bias
+    out = scores.masked_fill(~mask, float("-inf")).softmax(-1) @ windows(v)  # (windows, heads, T, d)
+    n = [g // w for g, w in zip(grid, window)]
+    out = out.view(*n, heads, *window, d).permute(0, 4, 1, 5, 2, 6, 3, 7).reshape(*grid, heads, d)
+    swin = torch.roll(out, list(shift), dims=(0, 1, 2)).reshape(1, N, heads, d)
+    torch.testing.assert_close(ours, swin, atol=1e-12, rtol=1e-12)
+
+
+def test_dense_bias_gathered_from_a_table_equals_the_table():
+    """On an unclipped window, table[relative_position_index] as a dense bias is the table itself."""
+    grid, window, shift = (5, 7, 6), (2, 3, 4), (1, 2, 1)
+    q, k, v = (torch.randn(2, math.prod(grid), 3, 8, dtype=torch.float64) for _ in range(3))
+    table = torch.randn(3, *(2 * w - 1 for w in window), dtype=torch.float64)
+    dense = reference.window_bias(table, window)
+    torch.testing.assert_close(reference.local_attention(q, k, v, grid, window, shift=shift, bias=dense),
+                               dense_local_attention(q, k, v, grid, window, shift, table), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("grid,window,shift", DENSE_CASES)
+@pytest.mark.parametrize("backend,device,dtype", backend_dtype_params())
+def test_dense_bias_matches_reference(backend, device, dtype, grid, window, shift, poison_empty):
+    if backend != "torch":
+        pytest.skip("the dense bias is not wired into this backend yet")
+    require(backend, device, dtype, 16)
+    N, heads = math.prod(grid), 2
+    q, k, v = attention_inputs(2, N, N, heads, 16, dtype, device, "packed")
+    bias = dense_bias(heads, grid, window, dtype, device)
+    dout = torch.randn(2, N, heads, 16, dtype=dtype, device=device)
+    clipped, used = clip_window(grid, window), clip_shift(grid, window, shift)
+
+    def ref(q, k, v, bias, **kw):
+        return reference.local_attention_with_lse(q, k, v, grid, clipped, shift=used, bias=bias, **kw)[0]
+
+    check_op(
+        run_local(backend, grid, window, shift=shift), ref, (q, k, v, bias), dout, dtype,
+        ("out", "dq", "dk", "dv", "dbias"), lowp_fn=lambda *t: ref(*t, compute_dtype=dtype),
+    )
+
+
+@pytest.mark.parametrize("backend,device", dense_backends())
+def test_dense_bias_strided_float32_with_half_inputs(backend, device):
+    """A float32 dense bias read through strides (a transposed view) with fp16/bf16 activations."""
+    dtype = torch.bfloat16 if backend in ("cpu", "torch") else torch.float16
+    require(backend, device, dtype, 16)
+    grid, window, shift = (2, 6, 7), (2, 3, 3), (1, 1, 1)
+    q, k, v = attention_inputs(1, 84, 84, 2, 16, dtype, device, "heads_first")
+    leaf = torch.randn(18, 18, 2, device=device, requires_grad=True)
+    bias = leaf.permute(2, 1, 0)  # (heads, T, T), no unit stride anywhere but the heads
+    out = local_attention(q, k, v, grid, window, shift=shift, bias=bias, backend=backend)
+    dleaf, = torch.autograd.grad(out.float().square().sum(), leaf)
+    assert out.dtype == dtype and dleaf.dtype == torch.float32
+    ref_inputs = [t.detach().double().requires_grad_() for t in (q, k, v, bias)]
+    ref = reference.local_attention(*ref_inputs[:3], grid, window, shift=(0, 1, 1), bias=ref_inputs[3])
+    want, = torch.autograd.grad(ref.square().sum(), ref_inputs[3])
+    torch.testing.assert_close(dleaf.permute(2, 1, 0).double(), want, atol=0.05 * want.abs().max().item(), rtol=0)
+
+
+@pytest.mark.parametrize("backend,device", dense_backends())
+def test_dense_bias_gradient_is_deterministic_and_thread_count_independent(backend, device):
+    require(backend, device)
+    grid, window, shift = (4, 7, 6), (2, 3, 4), (1, 1, 2)
+    q, k, v = attention_inputs(3, 168, 168, 2, 16, torch.float32, device, "packed")
+    bias = dense_bias(2, grid, window, torch.float32, device)
+    dout = torch.randn(3, 168, 2, 16, device=device)
+
+    def run(threads):
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            out = local_attention(q, k, v, grid, window, shift=shift, bias=bias, backend=backend)
+            return (out, *torch.autograd.grad(out, (q, k, v, bias), dout))
+        finally:
+            torch.set_num_threads(before)
+
+    first = run(2)
+    for again in (run(2), run(1)):
+        for a, b in zip(first, again):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("backend,device", dense_backends())
+def test_non_finite_dense_bias_entry_stays_in_its_slot_pair(backend, device):
+    """A NaN at bias[h, i, j] reaches, in the output, only head h's queries at slot i of the windows
+    holding slot j too, and in the bias gradient only row (h, i) (those queries' probabilities)."""
+    require(backend, device)
+    grid, window, shift, heads = (3, 5, 6), (2, 3, 4), (1, 2, 1), 2
+    N, T = math.prod(grid), math.prod(window)
+    q, k, v, dout = (torch.randn(2, N, heads, 16) for _ in range(4))
+    bias = torch.randn(heads, T, T)
+    i, j = 5, 17
+    bias[1, i, j] = float("nan")
+    leaves = [t.to(device).requires_grad_() for t in (q, k, v, bias)]
+    out = local_attention(*leaves[:3], grid, window, shift=shift, bias=leaves[3], backend=backend)
+    dbias, = torch.autograd.grad(out, leaves[3], dout.to(device))
+    from dense_reference import window_slots
+    slot = window_slots(grid, window, shift)
+    reached = same_window_mask(grid, window, shift) & (slot[:, None] == i) & (slot[None, :] == j)
+    expected = torch.zeros(2, N, heads, dtype=torch.bool)
+    expected[:, :, 1] = reached.any(1)
+    assert expected.any(), "no window holds both slots: the case tests nothing"
+    assert torch.equal(nonfinite_rows(out.cpu()), expected)
+    bad = ~torch.isfinite(dbias.cpu())
+    assert bad[1, i].any() and not bad[0].any() and not bad[1, :i].any() and not bad[1, i + 1:].any()
+
+
+@pytest.mark.parametrize("backend,device", dense_backends())
+def test_opcheck_with_dense_bias(backend, device):
+    require(backend, device)
+    grid, window, shift, scale = [3, 4, 5], [2, 3, 2], [1, 2, 1], 0.25
+    q, k, v = (t.detach() for t in attention_inputs(2, 60, 60, 2, 16, torch.float32, device, "heads_first"))
+    bias = torch.randn(2, 12, 12, device=device)
+    out, lse = ops.local_attn_fwd(q, k, v, grid, window, shift, bias, scale, backend)
+    torch.library.opcheck(ops.local_attn_fwd, (q, k, v, grid, window, shift, bias, scale, backend))
+    torch.library.opcheck(ops.local_attn_bwd,
+                          (torch.randn_like(out), q, k, v, out, lse, grid, window, shift, bias, scale, True, backend))
+
+
+@pytest.mark.parametrize("backend,device", dense_backends())
+def test_compile_fullgraph_dynamic_with_dense_bias(backend, device):
+    require(backend, device)
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("inductor")
+
+    def local(q, k, v, grid, bias):
+        return local_attention(q, k, v, grid, (2, 2, 3), shift=(1, 1, 1), bias=bias, backend=backend)
+
+    compiled = torch.compile(local, backend=counter, fullgraph=True, dynamic=True)
+    for B, grid in ((6, (3, 4, 5)), (7, (4, 6, 5)), (9, (5, 4, 7))):
+        q, k, v = attention_inputs(B, math.prod(grid), math.prod(grid), 2, 16, torch.float32, device, "packed")
+        bias = torch.randn(2, 12, 12, device=device, requires_grad=True)
+        dout = torch.randn(q.shape, device=device)
+        got, want = compiled(q, k, v, grid, bias), local(q, k, v, grid, bias)
+        torch.testing.assert_close(got, want)
+        for g, w in zip(torch.autograd.grad(got, (q, k, v, bias), dout),
+                        torch.autograd.grad(want, (q, k, v, bias), dout)):
+            torch.testing.assert_close(g, w)
+    assert counter.frame_count == 1, f"recompiled: {counter.frame_count} frames for 3 shapes"
+
+
+@pytest.mark.parametrize("backend,device,dtype", backend_dtype_params(dtypes=(torch.float64,)))
+def test_gradcheck_float64_with_dense_bias(backend, device, dtype):
+    require(backend, device, dtype)
+    q, k, v = (t.detach().requires_grad_(True) for t in attention_inputs(1, 45, 45, 2, 4, dtype, device, "contiguous"))
+    bias = torch.randn(2, 12, 12, dtype=dtype, device=device, requires_grad=True)
+    grid, window, shift = (3, 3, 5), (2, 2, 3), (1, 1, 2)
+    assert torch.autograd.gradcheck(
+        lambda q, k, v, b: local_attention(q, k, v, grid, window, shift=shift, bias=b, backend=backend), (q, k, v, bias))
+
+
+@pytest.mark.parametrize("backend,device", dense_backends())
+def test_second_derivatives_with_dense_bias(backend, device):
+    require(backend, device, torch.float64)
+    grid, window, shift = (2, 3, 4), (2, 2, 3), (0, 1, 2)
+    q, k, v = (t.detach().requires_grad_(True) for t in attention_inputs(1, 24, 24, 2, 4, torch.float64, device, "contiguous"))
+    inputs = (q, k, v, torch.randn(2, 12, 12, dtype=torch.float64, device=device, requires_grad=True))
+    got = second_derivatives(
+        lambda q, k, v, b: local_attention(q, k, v, grid, window, shift=shift, bias=b, backend=backend), inputs)
+    want = second_derivatives(
+        lambda q, k, v, b: dense_local_attention(q, k, v, grid, window, (0, 1, 2), b), inputs)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+
+
+@pytest.mark.parametrize("backend,device", dense_backends())
+def test_flop_counter_is_the_same_with_a_dense_bias(backend, device):
+    require(backend, device)
+    grid, window, shift = (3, 5, 7), (2, 2, 3), (1, 1, 1)
+    q, k, v = attention_inputs(2, 105, 105, 2, 16, torch.float32, device, "contiguous")
+    with FlopCounterMode(display=False) as counter:
+        local_attention(q, k, v, grid, window, shift=shift, bias=torch.randn(2, 12, 12, device=device,
+                                                                             requires_grad=True), backend=backend).sum().backward()
+    pairs = attended_pairs(grid, window, shift)
+    assert counter.get_total_flops() == attention_flops(pairs, 2, 2, 16) + attention_flops(pairs, 2, 2, 16, backward=True)
+
+
+# --------------------------------------------------------------------------------------------------
 # Argument errors specific to this op (the shared checks are in tests/test_checks.py)
 # --------------------------------------------------------------------------------------------------
 
@@ -607,15 +865,34 @@ def test_bad_shift(shift, message):
 
 def test_bad_bias():
     q, k, v = qkv()
-    with pytest.raises(ValueError, match=r"bias must be \(heads, 2f-1, 2h-1, 2w-1\) = \(2, 3, 3, 3\) for window "
-                                         r"\(2, 2, 2\), got shape \(2, 3, 3\)"):
-        local_attention(q, k, v, GRID, WINDOW, bias=torch.zeros(2, 3, 3))
+    with pytest.raises(ValueError, match=r"bias must be a \(heads, 2f-1, 2h-1, 2w-1\) = \(2, 3, 3, 3\) table for "
+                                         r"window \(2, 2, 2\) or a dense \(heads, T, T\) bias, got shape \(2, 3, 3, 4\)"):
+        local_attention(q, k, v, GRID, WINDOW, bias=torch.zeros(2, 3, 3, 4))
+    with pytest.raises(ValueError, match=r"or a dense \(heads, T, T\) bias, got shape \(2, 8\)"):
+        local_attention(q, k, v, GRID, WINDOW, bias=torch.zeros(2, 8))
     with pytest.raises(TypeError, match=r"bias must be torch.float32 for torch.float32 q, got torch.float64"):
         local_attention(q, k, v, GRID, WINDOW, bias=torch.zeros(2, 3, 3, 3, dtype=torch.float64))
+    with pytest.raises(TypeError, match=r"bias must be torch.float32 for torch.float32 q, got torch.float16"):
+        local_attention(q, k, v, GRID, WINDOW, bias=torch.zeros(2, 8, 8, dtype=torch.float16))
     with pytest.raises(TypeError, match=r"bias must be a torch.Tensor or None, got list"):
         local_attention(q, k, v, GRID, WINDOW, bias=[0.0])
     with pytest.raises(ValueError, match=r"bias is on meta but q is on cpu"):
         local_attention(q, k, v, GRID, WINDOW, bias=torch.zeros(2, 3, 3, 3, device="meta"))
+    with pytest.raises(ValueError, match=r"bias is on meta but q is on cpu"):
+        local_attention(q, k, v, GRID, WINDOW, bias=torch.zeros(2, 8, 8, device="meta"))
+
+
+@pytest.mark.parametrize("window,bias_shape,message", [
+    ((2, 2, 2), (2, 27, 27), r"\(heads, T, T\) = \(2, 8, 8\): T = f\*h\*w = 8 slots of window \(2, 2, 2\) clipped to grid "
+                             r"\(2, 3, 4\) as \(2, 2, 2\), got shape \(2, 27, 27\)"),
+    ((7, 7, 7), (2, 343, 343), r"\(heads, T, T\) = \(2, 24, 24\): T = f\*h\*w = 24 slots of window \(7, 7, 7\) clipped to grid "
+                               r"\(2, 3, 4\) as \(2, 3, 4\)"),
+    ((2, 2, 2), (3, 8, 8), r"\(heads, T, T\) = \(2, 8, 8\)"),
+    ((2, 2, 2), (2, 8, 7), r"\(heads, T, T\) = \(2, 8, 8\)"),
+], ids=["wrong-T", "T-of-the-clipped-window", "heads", "not-square"])
+def test_bad_dense_bias_shape(window, bias_shape, message):
+    with pytest.raises(ValueError, match="a dense bias must be " + message):
+        local_attention(*qkv(), GRID, window, bias=torch.zeros(bias_shape))
 
 
 def test_bias_table_follows_the_window_as_given_even_when_clipped():

@@ -8,6 +8,7 @@ the tests are tests/test_local_attn.py and the benchmark rows ``bench_ops.py --o
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Optional
 
@@ -113,10 +114,17 @@ def local_attention(
         grid: ``(F, H, W)``.
         window: ``(f, h, w)``.
         shift: ``(sf, sh, sw)`` with ``0 <= s < window`` per axis (Swin's ``shift_size``).
-        bias: optional relative-position table ``(heads, 2f-1, 2h-1, 2w-1)`` (Swin's
-            ``relative_position_bias_table`` reshaped) for the window as given (before clipping);
-            pair (i, j) gets ``bias[head, t_i - t_j + f - 1, y_i - y_j + h - 1, x_i - x_j + w - 1]``
-            added to its score. q's dtype or float32 (float64 for float64 q); differentiable.
+        bias: optional, added to the scores; q's dtype or float32 (float64 for float64 q);
+            differentiable, with a deterministic gradient. Either a relative-position table
+            ``(heads, 2f-1, 2h-1, 2w-1)`` (Swin's ``relative_position_bias_table`` reshaped) for the
+            window as given (before clipping): pair (i, j) gets
+            ``bias[head, t_i - t_j + f - 1, y_i - y_j + h - 1, x_i - x_j + w - 1]``; or a dense
+            ``(heads, T, T)`` bias shared by every window, T = f*h*w of the window clipped to the
+            grid: pair (i, j) gets ``bias[head, slot_i, slot_j]``, a slot being the row-major index
+            of a token's coordinates relative to the start of its nominal (unclipped, f x h x w)
+            window, which for a leading partial window starts before the grid (so on a divisible
+            grid with a shift the slots are Swin's roll-and-partition slots). This is what Swin code
+            bases add on clipped windows (``table[relative_position_index[:T, :T]]``).
         scale: softmax scale, ``head_dim ** -0.5`` by default.
         backend: "auto", "triton", "cuda", "cpu" or "torch" (see ``logo_attn.available_backends()``).
 
@@ -149,7 +157,7 @@ def local_attention(
         if t.shape[1] != tokens:
             raise ValueError(f"{op}: {name} has {t.shape[1]} tokens but grid {grid} has F*H*W = {tokens}")
     if bias is not None:
-        _check_bias(op, bias, q, asked)
+        _check_bias(op, bias, q, grid, asked)
     backends.check_name(backend)
     q, k, v, bias = distinct(q, k, v, bias)
     out, _ = LocalAttnFunction.apply(q, k, v, list(grid), list(window), list(shift), bias,
@@ -157,7 +165,8 @@ def local_attention(
     return out if grid_shape is None else out.unflatten(1, grid_shape)
 
 
-def _check_bias(op: str, bias: Tensor, q: Tensor, window: Sequence[int]) -> None:
+def _check_bias(op: str, bias: Tensor, q: Tensor, grid: Sequence[int], window: Sequence[int]) -> None:
+    """`window` as the user gave it (the table's window); a dense bias follows the clipped one."""
     if not isinstance(bias, Tensor):
         raise TypeError(f"{op}: bias must be a torch.Tensor or None, got {type(bias).__name__}")
     allowed = (q.dtype, reference.accumulation_dtype(q.dtype))
@@ -166,10 +175,19 @@ def _check_bias(op: str, bias: Tensor, q: Tensor, window: Sequence[int]) -> None
                         f"got {bias.dtype}")
     if bias.device != q.device:
         raise ValueError(f"{op}: bias is on {bias.device} but q is on {q.device}; they must match")
-    expected = (q.shape[2], *bias_table_shape(window))
+    heads = q.shape[2]
+    if bias.dim() == 3:
+        clipped = clip_window(grid, window)
+        slots = math.prod(clipped)
+        if tuple(bias.shape) != (heads, slots, slots):
+            raise ValueError(
+                f"{op}: a dense bias must be (heads, T, T) = {(heads, slots, slots)}: T = f*h*w = {slots} slots of "
+                f"window {tuple(window)} clipped to grid {tuple(grid)} as {tuple(clipped)}, got shape {tuple(bias.shape)}")
+        return
+    expected = (heads, *bias_table_shape(window))
     if tuple(bias.shape) != expected:
-        raise ValueError(f"{op}: bias must be (heads, 2f-1, 2h-1, 2w-1) = {expected} for window {tuple(window)}, "
-                         f"got shape {tuple(bias.shape)}")
+        raise ValueError(f"{op}: bias must be a (heads, 2f-1, 2h-1, 2w-1) = {expected} table for window "
+                         f"{tuple(window)} or a dense (heads, T, T) bias, got shape {tuple(bias.shape)}")
 
 
 @register_flop_formula(torch.ops.logo_attn.local_attn_fwd)
