@@ -25,8 +25,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make `benchmarks` and an uninstalled `logo_attn` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable. Appended, not prepended:
+    # the clients' venv has its own torch and logo_attn installed against it, which must win over the
+    # checkout (whose in-place extension, if any, was built against the repository's pinned torch).
+    sys.path.append(str(Path(__file__).resolve().parents[1]))
 
 import torch
 from torch import nn
