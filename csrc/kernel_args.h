@@ -4,6 +4,8 @@
 
 #include <cstdint>
 
+#include "window_geometry.h"
+
 namespace logo_attn {
 
 enum class Dtype { float16, bfloat16, float32, float64 };
@@ -32,13 +34,27 @@ struct AttnArgs {
   // reversed order and the whole followed by 16 readable values: with positions and centre from
   // OffsetBox, pair (query i, key j) of head h adds bias[h * box + centre - position_i + position_j]
   // to its score, the user's entry [h, t_i - t_j + f' - 1, y_i - y_j + h' - 1, x_i - x_j + w' - 1].
+  //
+  // Or, with bias_slots = T > 0, a dense (heads, T, T) bias (window_geometry.h's SlotIndex) in the
+  // accumulation type, contiguous, followed by 16 readable values: pair (query i, key j) of head h
+  // adds bias[(h * T + slot_i) * T + slot_j].
   const void* bias;
-  // Backward with the bias gradient, else null: (B, windows, heads, box) scratch where each
-  // (batch, window, head) sums its dS by offset, and dbias (heads, box), the sums of those partials
-  // over batch and windows in that order; accumulation type, boxes in reversed order like bias.
+  int64_t bias_slots;
+  // Backward with the bias gradient, else null: dbias_chunks partial gradients per head, chunk c
+  // holding the sums of dS over a fixed range of consecutive (batch, window) items, as
+  // (dbias_chunks, heads, entries) scratch (entries: the box, or T * T for a dense bias; CPU: one
+  // chunk per item for a table, a shape-only count for a dense bias; CUDA: one per item for a
+  // table, none for a dense bias, whose kernel sums every item itself), and dbias (heads, entries),
+  // the sums over the chunks in order; accumulation type, boxes in reversed order like bias.
   void* dbias_partial;
+  int64_t dbias_chunks;
   void* dbias;
 };
+
+// Entries of one head's bias gradient: the offset box, or T * T for a dense bias.
+inline int64_t bias_grad_entries(const AttnArgs& a) {
+  return a.bias_slots ? a.bias_slots * a.bias_slots : OffsetBox(a.window).size;
+}
 
 // Window pooling on (B, N, C) tensors with contiguous channels.
 struct PoolArgs {

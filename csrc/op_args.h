@@ -204,25 +204,44 @@ inline Windows local_windows(const char* op, const at::Tensor& q, c10::IntArrayR
 }
 
 // (2f-1, 2h-1, 2w-1): the relative offsets the clipped window's pairs reach, per axis.
-inline std::array<int64_t, 3> reach_shape(const Windows& w) {
+template <class HasWindow> std::array<int64_t, 3> reach_shape(const HasWindow& w) {
   return {2 * w.window[0] - 1, 2 * w.window[1] - 1, 2 * w.window[2] - 1};
 }
 
-// Local attention's bias table, checked, as the kernels read it: bias is (heads, 2f'-1, 2h'-1,
-// 2w'-1) for the window (f', h', w') the user passed, so f' >= the clipped f; dtype q's or the
-// accumulation type; on q's device. The kernels get the entries the clipped window's pairs reach
-// (the (2f-1, 2h-1, 2w-1) box around the centre) in the accumulation type, each head's box in
-// reversed order, followed by kBiasPadding readable values (the CPU kernels read whole vectors).
+// Local attention's bias, checked, as the kernels read it (kernel_args.h): dtype q's or the
+// accumulation type, on q's device, and either a table or a dense bias.
+//
+// A table is (heads, 2f'-1, 2h'-1, 2w'-1) for the window (f', h', w') the user passed, so f' >= the
+// clipped f. The kernels get the entries the clipped window's pairs reach (the (2f-1, 2h-1, 2w-1)
+// box around the centre) in the accumulation type, each head's box in reversed order, followed by
+// kBiasPadding readable values (the CPU kernels read whole vectors).
+//
+// A dense bias is (heads, T, T) with T = f h w of the clipped window; the kernels get a contiguous
+// copy in the accumulation type, followed by kBiasPadding readable values.
 constexpr int64_t kBiasPadding = 16;
+
+inline void attach_dense_bias(const char* op, AttnCall& c, const at::Tensor& bias, const Windows& w) {
+  const int64_t heads = c.q.size(2), slots = SlotIndex(w.window).slots;
+  TORCH_CHECK(bias.size(0) == heads && bias.size(1) == slots && bias.size(2) == slots, op,
+              ": a dense bias must be (heads, T, T) = (", heads, ", ", slots, ", ", slots, ") for the window (",
+              w.window[0], ", ", w.window[1], ", ", w.window[2], ") clipped to the grid, got ", bias.sizes());
+  TORCH_CHECK(slots * slots <= std::numeric_limits<int32_t>::max(), op, ": a dense bias of ", slots,
+              " slots has more slot pairs than the kernels index (2^31)");
+  c.bias = at::zeros({heads * slots * slots + kBiasPadding}, c.q.options().dtype(accumulation_dtype(c.q.scalar_type())));
+  c.bias.narrow(0, 0, heads * slots * slots).view({heads, slots, slots}).copy_(bias);
+  c.args.bias = c.bias.data_ptr(), c.args.bias_slots = slots;
+}
 
 inline void attach_bias(const char* op, AttnCall& c, const at::Tensor& bias, const Windows& w) {
   const at::Tensor& q = c.q;
-  TORCH_CHECK(bias.dim() == 4 && bias.size(0) == q.size(2), op, ": bias must be (heads, 2f-1, 2h-1, 2w-1) with ",
-              "heads = ", q.size(2), ", got ", bias.sizes());
+  TORCH_CHECK((bias.dim() == 4 || bias.dim() == 3) && bias.size(0) == q.size(2), op,
+              ": bias must be a (heads, 2f-1, 2h-1, 2w-1) table or a dense (heads, T, T) bias with heads = ",
+              q.size(2), ", got ", bias.sizes());
   const at::ScalarType acc = accumulation_dtype(q.scalar_type());
   TORCH_CHECK(bias.scalar_type() == q.scalar_type() || bias.scalar_type() == acc, op, ": bias must have q's dtype ",
               q.scalar_type(), " or ", acc, ", got ", bias.scalar_type());
   TORCH_CHECK(bias.device() == q.device(), op, ": bias is on ", bias.device(), " but q is on ", q.device());
+  if (bias.dim() == 3) return attach_dense_bias(op, c, bias, w);
   const std::array<int64_t, 3> reach = reach_shape(w);
   at::Tensor box = bias;
   for (int a = 0; a < 3; ++a) {
@@ -240,27 +259,33 @@ inline void attach_bias(const char* op, AttnCall& c, const at::Tensor& bias, con
   c.args.bias = c.bias.data_ptr();
 }
 
-// Backward with the bias gradient: the kernels' per-(batch, window, head) partial tables and their
-// sum per head, both in the accumulation type and each box in reversed order, like the table.
-inline void attach_bias_grad(AttnCall& c, const Windows& w) {
-  const std::array<int64_t, 3> reach = reach_shape(w);
+// Backward with the bias gradient: `chunks` partial gradients per head (kernel_args.h; none for
+// chunks = 0) and their sum per head, in the accumulation type (boxes in reversed order, like the table).
+inline void attach_bias_grad(AttnCall& c, int64_t chunks) {
   const auto acc = c.bias.options();
-  c.dbias_partial = at::empty({c.args.batch, w.count(), c.args.heads, reach[0] * reach[1] * reach[2]}, acc);
-  c.dbias = at::empty({c.args.heads, reach[0], reach[1], reach[2]}, acc);
-  c.args.dbias_partial = c.dbias_partial.data_ptr(), c.args.dbias = c.dbias.data_ptr();
+  const int64_t entries = bias_grad_entries(c.args);
+  if (chunks > 0) {
+    c.dbias_partial = at::empty({chunks, c.args.heads, entries}, acc);
+    c.args.dbias_partial = c.dbias_partial.data_ptr();
+  }
+  c.args.dbias_chunks = chunks;
+  c.dbias = at::empty({c.args.heads, entries}, acc);
+  c.args.dbias = c.dbias.data_ptr();
 }
 
-// The 4th output of the local backward: dbias shaped and typed like bias (zero where no pair of
-// the clipped window reaches), or an empty tensor when it was not computed.
+// The 4th output of the local backward: dbias shaped and typed like bias (for a table, zero where no
+// pair of the clipped window reaches), or an empty tensor when it was not computed.
 inline at::Tensor bias_grad_output(const AttnCall& c, const std::optional<at::Tensor>& bias) {
   if (!c.dbias.defined()) return at::empty({0}, c.q.options());
+  if (c.args.bias_slots) return c.dbias.view(bias->sizes()).to(bias->scalar_type());
+  const std::array<int64_t, 3> reach = reach_shape(c.args);
   at::Tensor dbias = at::zeros(bias->sizes(), c.dbias.options());
   at::Tensor box = dbias;
   for (int a = 0; a < 3; ++a) {
-    const int64_t extent = bias->size(a + 1), reach = c.dbias.size(a + 1);
-    box = box.narrow(a + 1, (extent - reach) / 2, reach);
+    const int64_t extent = bias->size(a + 1);
+    box = box.narrow(a + 1, (extent - reach[a]) / 2, reach[a]);
   }
-  box.copy_(c.dbias.flip({1, 2, 3}));
+  box.copy_(c.dbias.view({c.args.heads, reach[0], reach[1], reach[2]}).flip({1, 2, 3}));
   return dbias.to(bias->scalar_type());
 }
 

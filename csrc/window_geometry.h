@@ -36,6 +36,8 @@ struct AxisWindows {
     return t < size ? t : size;
   }
   LOGO_ATTN_HOST_DEVICE int64_t window_of(int64_t t) const { return (t + offset) / window; }
+  // Where window c would start unclipped: before 0 for a leading partial window.
+  LOGO_ATTN_HOST_DEVICE int64_t nominal_start(int64_t c) const { return c * window - offset; }
 };
 
 struct WindowPartition {
@@ -53,6 +55,14 @@ struct WindowPartition {
     const int64_t n1 = axis[1].count(), n2 = axis[2].count();
     const int64_t cell[3] = {index / (n1 * n2), index / n2 % n1, index % n2};
     for (int a = 0; a < 3; ++a) lo[a] = axis[a].start(cell[a]), hi[a] = axis[a].stop(cell[a]);
+  }
+  // As above, and in lead[a] how far the window's first token lies past its nominal start (> 0 only
+  // for a leading partial window): the token at lo + c sits at slot coordinate lead + c.
+  LOGO_ATTN_HOST_DEVICE void segments(int64_t index, int64_t (&lo)[3], int64_t (&hi)[3], int64_t (&lead)[3]) const {
+    segments(index, lo, hi);
+    const int64_t n1 = axis[1].count(), n2 = axis[2].count();
+    const int64_t cell[3] = {index / (n1 * n2), index / n2 % n1, index % n2};
+    for (int a = 0; a < 3; ++a) lead[a] = lo[a] - axis[a].nominal_start(cell[a]);
   }
   // The window holding grid coordinate (t, y, x).
   LOGO_ATTN_HOST_DEVICE int64_t window_of(const int64_t (&coord)[3]) const {
@@ -74,6 +84,21 @@ struct OffsetBox {
     stride[2] = 1, stride[1] = extent[2], stride[0] = extent[1] * extent[2];
     size = extent[0] * stride[0];
     centre = (window[0] - 1) * stride[0] + (window[1] - 1) * stride[1] + window[2] - 1;
+  }
+  LOGO_ATTN_HOST_DEVICE int64_t position(int64_t t, int64_t y, int64_t x) const {
+    return t * stride[0] + y * stride[1] + x;
+  }
+};
+
+// The slots of a dense (heads, T, T) bias: T = f h w, slot = row-major index of a token's coordinates
+// in its nominal window (lead + coordinate in the clipped window, see WindowPartition::segments).
+// Pair (query i, key j) of head h reads entry [h][slot_i][slot_j].
+struct SlotIndex {
+  int64_t stride[3], slots;
+
+  LOGO_ATTN_HOST_DEVICE explicit SlotIndex(const int64_t (&window)[3]) {
+    stride[2] = 1, stride[1] = window[2], stride[0] = window[1] * window[2];
+    slots = window[0] * stride[0];
   }
   LOGO_ATTN_HOST_DEVICE int64_t position(int64_t t, int64_t y, int64_t x) const {
     return t * stride[0] + y * stride[1] + x;

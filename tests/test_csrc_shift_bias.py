@@ -158,6 +158,11 @@ def test_raw_ops_return_an_empty_dbias_unless_asked():
         assert dbias.numel() == 0
     dbias = ops.local_attn_bwd(dout, q, k, v, out, lse, [2, 3, 4], [2, 2, 2], [0, 1, 1], bias, SCALE, True)[3]
     assert dbias.shape == bias.shape and dbias.dtype == bias.dtype
+    dense = torch.randn(2, 8, 8, dtype=torch.float32)
+    out, lse = ops.local_attn_fwd(q, k, v, [2, 3, 4], [2, 2, 2], [0, 1, 1], dense, SCALE)
+    assert ops.local_attn_bwd(dout, q, k, v, out, lse, [2, 3, 4], [2, 2, 2], [0, 1, 1], dense, SCALE, False)[3].numel() == 0
+    dbias = ops.local_attn_bwd(dout, q, k, v, out, lse, [2, 3, 4], [2, 2, 2], [0, 1, 1], dense, SCALE, True)[3]
+    assert dbias.shape == dense.shape and dbias.dtype == dense.dtype
 
 
 @pytest.mark.parametrize("shift,window,bias_shape,bias_dtype,match", [
@@ -166,8 +171,14 @@ def test_raw_ops_return_an_empty_dbias_unless_asked():
     ([0, -1, 0], [2, 2, 2], None, None, "0 <= shift < window"),
     ([0, 0, 4], [2, 2, 9], None, None, "0 <= shift < window"),  # window clipped to 4
     ([1, 0, 0], [2, 2, 2], None, None, "shift must be 0 on an axis whose window covers the whole grid"),
-    ([0, 1, 1], [2, 2, 2], (3, 3, 3, 3), None, "bias must be \\(heads, 2f-1, 2h-1, 2w-1\\) with heads = 2"),
-    ([0, 1, 1], [2, 2, 2], (2, 3, 3), None, "bias must be \\(heads, 2f-1, 2h-1, 2w-1\\) with heads = 2"),
+    ([0, 1, 1], [2, 2, 2], (3, 3, 3, 3), None, "bias must be a \\(heads, 2f-1, 2h-1, 2w-1\\) table or a dense "
+                                               "\\(heads, T, T\\) bias with heads = 2"),
+    ([0, 1, 1], [2, 2, 2], (2, 3, 3, 3, 3), None, "or a dense \\(heads, T, T\\) bias with heads = 2"),
+    ([0, 1, 1], [2, 2, 2], (2, 3, 3), None, "a dense bias must be \\(heads, T, T\\) = \\(2, 8, 8\\) for the window "
+                                            "\\(2, 2, 2\\) clipped to the grid"),
+    ([0, 0, 1], [2, 9, 2], (2, 8, 8), None, "a dense bias must be \\(heads, T, T\\) = \\(2, 12, 12\\) for the window "
+                                            "\\(2, 3, 2\\)"),
+    ([0, 1, 1], [2, 2, 2], (2, 8, 8), torch.float64, "bias must have q's dtype Float or Float, got Double"),
     ([0, 1, 1], [2, 2, 2], (2, 3, 2, 3), None, "at least as large as the clipped window"),
     ([0, 1, 1], [2, 2, 3], (2, 3, 3, 3), None, "at least as large as the clipped window"),
     ([0, 1, 1], [2, 2, 2], (2, 3, 3, 3), torch.float64, "bias must have q's dtype Float or Float, got Double"),

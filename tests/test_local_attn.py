@@ -590,7 +590,7 @@ def dense_bias(heads, grid, window, dtype=torch.float64, device="cpu"):
 
 def dense_backends():
     """The backends that take a dense bias so far."""
-    return [p for p in backend_params() if p.values[0] == "torch"]
+    return [p for p in backend_params() if p.values[0] in ("torch", "cpu")]
 
 
 @pytest.mark.parametrize("grid,window,shift", DENSE_CASES)
@@ -669,7 +669,7 @@ def test_dense_bias_gathered_from_a_table_equals_the_table():
 @pytest.mark.parametrize("grid,window,shift", DENSE_CASES)
 @pytest.mark.parametrize("backend,device,dtype", backend_dtype_params())
 def test_dense_bias_matches_reference(backend, device, dtype, grid, window, shift, poison_empty):
-    if backend != "torch":
+    if backend not in ("torch", "cpu"):
         pytest.skip("the dense bias is not wired into this backend yet")
     require(backend, device, dtype, 16)
     N, heads = math.prod(grid), 2

@@ -57,17 +57,19 @@ struct NextRows {
   }
 };
 
-// The relative position bias of one local attention task (one window and head), or none (table
-// null). The tile's queries and keys are then the same list, the window's tokens in row-major
-// order, and pos[i] is token i's position in the offset box (window_geometry.h). The tables are in
-// reversed order, so pair (i, j) has the bias table[centre - pos[i] + pos[j]]: for one query, the
-// biases of a run of keys along the last axis (`run` long, pos rising by 1) are a contiguous slice.
-// Backward adds each pair's dS at the same place of grad, this task's own partial table.
+// The bias of one local attention task (one window and head), or none (table null). The tile's
+// queries and keys are then the same list, the window's tokens in row-major order, and pair (i, j)
+// has the bias table[centre + row_scale * pos[i] + pos[j]]: for a relative-position table, pos[i]
+// is token i's position in the offset box (window_geometry.h), the table is in reversed order,
+// centre the box's and row_scale -1; for a dense bias, pos[i] is token i's slot, centre 0 and
+// row_scale T (row pos[i] of the head's T x T bias). For one query, the biases of a run of keys
+// along the last axis (`run` long, pos rising by 1) are a contiguous slice either way. Backward
+// adds each pair's dS at the same place of grad, this task's own partial gradient.
 template <typename A> struct PairBias {
   const A* table = nullptr;  // this head's table, then >= 16 readable values
   A* grad = nullptr;
   const int32_t* pos = nullptr;
-  int64_t centre = 0, run = 0, span = 0;  // span: the last key's position + 1
+  int64_t centre = 0, row_scale = -1, run = 0, span = 0;  // span: the last key's position + 1
   // Scratch for the gradient, span + 16 values each, zero off the keys' positions: one query's dS
   // by position, two queries in flight (a query's spread is added while the next one's is stored).
   A* spread[2] = {nullptr, nullptr};
@@ -79,7 +81,7 @@ template <typename A> struct PairBias {
 // row: the score panels have that much room after their last row).
 template <typename A, int VB> LOGO_INLINE void fill_pair_bias(A* s, int64_t i, int64_t n, const PairBias<A>& bias) {
   constexpr int L = lanes<A, VB>;
-  const A* line = bias.table + bias.centre - bias.pos[i];
+  const A* line = bias.table + bias.centre + bias.row_scale * bias.pos[i];
   for (int64_t j0 = 0; j0 < n; j0 += bias.run)
     for (int64_t x = 0; x < bias.run; x += L) store<A, VB>(s + j0 + x, load<A, VB>(line + bias.pos[j0] + x));
 }
@@ -98,10 +100,10 @@ template <typename A, int VB> LOGO_INLINE void spread_pair_grad(A* spread, const
       store<A, VB>(spread + bias.pos[j0] + x, lane + I(x) < I(bias.run) ? load<A, VB>(ds + j0 + x) : vec<A, VB>{});
 }
 
-// grad[centre - pos[i] + u] += spread[u] over the span: query i's dS added by offset.
+// grad[centre + row_scale * pos[i] + u] += spread[u] over the span: query i's dS added by offset (or slot).
 template <typename A, int VB> LOGO_INLINE void add_pair_grad(const A* spread, int64_t i, const PairBias<A>& bias) {
   constexpr int L = lanes<A, VB>;
-  A* line = bias.grad + bias.centre - bias.pos[i];
+  A* line = bias.grad + bias.centre + bias.row_scale * bias.pos[i];
   int64_t u = 0;
   for (; u + L <= bias.span; u += L) store<A, VB>(line + u, load<A, VB>(line + u) + load<A, VB>(spread + u));
   for (; u < bias.span; ++u) line[u] += spread[u];

@@ -15,11 +15,16 @@ namespace logo_attn::cpu {
 // Backward reads dout, q, k, v and lse, not the forward output: with all of a query's keys in one
 // task, rowsum(dO * O) = rowsum(P * dO Vᵀ) comes from what backward computes anyway.
 
-// Local attention: one task per (batch, window, head). With a.dbias_partial, backward writes each
-// task's dS sums by offset there, and the reduction (tasks: local_attn_dbias_tasks, blocks of
-// offsets of each head) adds them over batch and windows, in order, into a.dbias.
-int64_t local_attn_tasks(const AttnArgs& a);
+// Local attention. Forward: one task per (batch, window, head). Backward: one task per (chunk,
+// head), a chunk being a fixed range of consecutive (batch, window) items: one item each unless a
+// dense bias's gradient is computed, whose T x T partials would otherwise take items x heads x T^2
+// memory; then a count chosen from the shapes alone (local_attn_bwd_chunks). With a.dbias_partial,
+// each task sums its dS by table entry (or slot pair) there, and the reduction (tasks:
+// local_attn_dbias_tasks, blocks of entries of each head) adds the chunks, in order, into a.dbias.
+int64_t local_attn_fwd_tasks(const AttnArgs& a);
 void local_attn_fwd(const AttnArgs& a, int64_t begin, int64_t end);
+int64_t local_attn_bwd_chunks(const AttnArgs& a, bool bias_grad);
+int64_t local_attn_bwd_tasks(const AttnArgs& a);
 void local_attn_bwd(const AttnArgs& a, int64_t begin, int64_t end);
 int64_t local_attn_dbias_tasks(const AttnArgs& a);
 void local_attn_dbias_reduce(const AttnArgs& a, int64_t begin, int64_t end);

@@ -34,7 +34,7 @@ std::tuple<at::Tensor, at::Tensor> local_attn_fwd(const at::Tensor& q, const at:
   const Windows w = local_windows(op, q, grid, window, shift);
   AttnCall c = attention_fwd_call(op, kComputed, kKernels, q, k, v, scale, &w);
   if (bias) attach_bias(op, c, *bias, w);
-  run_tasks(cpu::local_attn_fwd, c.args, cpu::local_attn_tasks(c.args));
+  run_tasks(cpu::local_attn_fwd, c.args, cpu::local_attn_fwd_tasks(c.args));
   return {c.out, c.lse};
 }
 
@@ -46,8 +46,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> local_attn_bwd(
   const Windows w = local_windows(op, q, grid, window, shift);
   AttnCall c = attention_bwd_call(op, kComputed, kKernels, dout, q, k, v, out, lse, scale, &w, ReadsOut::no);
   if (bias) attach_bias(op, c, *bias, w);
-  if (bias && bias_grad) attach_bias_grad(c, w);
-  run_tasks(cpu::local_attn_bwd, c.args, cpu::local_attn_tasks(c.args));
+  if (bias && bias_grad) attach_bias_grad(c, cpu::local_attn_bwd_chunks(c.args, /*bias_grad=*/true));
+  run_tasks(cpu::local_attn_bwd, c.args, cpu::local_attn_bwd_tasks(c.args));
   if (c.args.dbias) run_tasks(cpu::local_attn_dbias_reduce, c.args, cpu::local_attn_dbias_tasks(c.args));
   return {c.dq, c.dk, c.dv, bias_grad_output(c, bias)};
 }

@@ -64,7 +64,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> local_attn_bwd(
   AttnCall c = attention_bwd_call(op, kComputed, kKernels, dout, q, k, v, out, lse, scale, &w, ReadsOut::yes);
   check_head_dim(op, c);
   if (bias) attach_bias(op, c, *bias, w);
-  if (bias && bias_grad) attach_bias_grad(c, w);
+  // A table's gradient has a partial per (batch, window); a dense bias's kernel sums every window itself.
+  if (bias && bias_grad) attach_bias_grad(c, c.args.bias_slots ? 0 : c.args.batch * w.count());
   const at::Tensor delta = delta_scratch(c);
   check_launch(op, cuda::local_attn_bwd(c.args, stream()));
   return {c.dq, c.dk, c.dv, bias_grad_output(c, bias)};
