@@ -7,6 +7,8 @@ Per client model, float32 and bfloat16 (the model cast), randomly initialised we
   forward + backward of a random input of that stage's shape;
 - the whole model: forward + backward of a random clip/image (the loss is the logits' sum), and
   inference (``torch.inference_mode``).
+Models in eval mode (no stochastic depth: the same work every step), the swapped logits checked
+against the client's before timing (their largest difference is in the results).
 Implementations: the client's eager attention, timm's fused path (``fused_attn``: SDPA with a bias +
 mask tensor) where it has one, and the swapped model. Timed in alternating rounds on CPU (the ratio
 is the median of per-round ratios to the client's eager time), peak memory from the profiler's
@@ -113,7 +115,9 @@ def stage_input_shape(client: Client, model: nn.Module, x: torch.Tensor) -> tupl
 
 def implementations(client: Client, dtype: torch.dtype) -> list[tuple[str, nn.Module]]:
     torch.manual_seed(0)
-    eager = client.build().to(dtype)
+    # eval(): no stochastic depth or dropout, so every step does the same work and the logits compare
+    # (Swin has no batch norm: eval changes nothing else; backward runs all the same)
+    eager = client.build().to(dtype).eval()
     impls = [("client eager", eager)]
     if client.fused is not None:
         impls.append(("client fused (SDPA)", client.fused(copy.deepcopy(eager))))
@@ -148,6 +152,9 @@ def measure_client(name: str, client: Client, dtype_name: str, args) -> list[dic
     dtype = DTYPES[dtype_name]
     impls = implementations(client, dtype)
     x = torch.randn(client.input_shape, dtype=dtype)
+    with torch.inference_mode():  # checked before timed: the swapped logits against the client's
+        logits = [model(x).double() for _, model in impls]
+    difference = [(a - logits[0]).abs().max().item() for a in logits]
     tokens = torch.randn(stage_input_shape(client, impls[0][1], x), dtype=dtype)
     cases = {("stage-1 attention (W-MSA + SW-MSA)", "fwd+bwd"):
              [attention_step(client.stage_attention(model), tokens) for _, model in impls]}
@@ -158,13 +165,14 @@ def measure_client(name: str, client: Client, dtype_name: str, args) -> list[dic
         timings = measure_many(steps, torch.device("cpu"), threads=args.threads, min_run_time=args.min_run_time,
                                min_samples=args.min_samples, warmup=1)
         peaks = [peak_memory(step, torch.device("cpu")) for step in steps]
-        for (impl, _), timing, peak in zip(impls, timings, peaks):
+        for (impl, _), timing, peak, diff in zip(impls, timings, peaks, difference):
             rows.append(dict(client=name, part=part, mode=mode, dtype=dtype_name, impl=impl,
                              input="x".join(map(str, client.input_shape)),
                              stage_tokens="x".join(map(str, tokens.shape)), ms=timing.median * 1e3,
                              p20_ms=timing.p20 * 1e3, p80_ms=timing.p80 * 1e3, samples=timing.samples,
                              speedup_vs_eager=paired_ratio(timings[0], timing), peak_mib=peak / 2**20,
-                             peak_vs_eager=peak / peaks[0] if peaks[0] else None))
+                             peak_vs_eager=peak / peaks[0] if peaks[0] else None,
+                             logits_max_abs_diff_vs_eager=diff))
         print(table([[r["client"], r["part"], r["mode"], r["dtype"], r["impl"], r["ms"],
                       f"{r['p20_ms']:.4g}-{r['p80_ms']:.4g}", r["speedup_vs_eager"], r["peak_mib"], r["peak_vs_eager"]]
                      for r in rows[-len(impls):]],
