@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from . import backends
 from .client_attention import padded_window_attention, swap_classes, swapped_subclass
 from .geometry import clip_window
-from .swin import bias_table_view, monai_bias_differs
+from .swin import bias_table_view
 
 __all__ = ["swap_torchvision_attention"]
 
@@ -44,9 +44,10 @@ def _forward_3d(self, x: Tensor) -> Tensor:
     """torchvision's ``ShiftedWindowAttention3d.forward`` on `local_attention`: (B, T, H, W, C)."""
     grid = tuple(x.shape[1:4])
     window = clip_window(grid, self.window_size)
-    if self._logo_true_offsets or not monai_bias_differs(grid, tuple(self.window_size)):
+    if self._logo_true_offsets or window == tuple(self.window_size):
         bias = bias_table_view(self.relative_position_bias_table, self.window_size)
-    else:  # torchvision's own slice of the unclipped window's index, where it is not the real offsets'
+    else:  # clipped: torchvision's own slice of the unclipped window's index (a decision on shapes only,
+        # so that torch.compile traces it without a graph break)
         slots = window[0] * window[1] * window[2]
         index = self.relative_position_index[:slots, :slots].flatten()
         bias = self.relative_position_bias_table[index].view(slots, slots, -1).permute(2, 0, 1)

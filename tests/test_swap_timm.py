@@ -132,8 +132,22 @@ def test_swap_shares_parameters_and_rejects_models_without_blocks():
         swap_timm_attention(client, backend="no-such-backend")
 
 
-def test_torch_compile_of_a_swapped_model():
-    """One stage (a W-MSA and an SW-MSA block), forward and backward compiled: few graph nodes, a short compile."""
+@pytest.mark.parametrize("version", [1, 2])
+def test_torch_compile_of_a_swapped_model(version):
+    """Whole models traced without a graph break (fullgraph) through AOT autograd, forward and
+    backward (aot_eager: see the torchvision suite's compile test), and one stage through inductor."""
+    client = swin(version).float()
+    ours = swapped_copy(client, swap_timm_attention)
+    x = torch.randn(2, 3, 64, 64)
+    compiled = torch.compile(ours, backend="aot_eager", fullgraph=True)
+    want, got = client(x), compiled(x)
+    assert (got - want).abs().max() <= 2e-5 * max(1.0, want.abs().max().item())
+    got.sum().backward()
+    assert all(p.grad is not None for p in ours.parameters())
+
+
+def test_inductor_compile_of_a_swapped_stage():
+    """One stage (a W-MSA and an SW-MSA block) through the default compiler, forward and backward."""
     client = swin(1, depths=(2,), img_size=32).float()
     ours = torch.compile(swapped_copy(client, swap_timm_attention))
     x = torch.randn(2, 3, 32, 32)
