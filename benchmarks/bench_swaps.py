@@ -211,14 +211,15 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
 
     env.update(torchvision=torchvision.__version__, timm=timm.__version__)
     known = clients(args)
+    prefix = args.out or ROOT / "benchmarks" / "results" / "bench_swaps_cpu"
+    config = {k: v for k, v in vars(args).items() if k != "out"}
     rows = []
     for dtype_name in args.dtypes:
         for name in args.clients:
             rows += measure_client(name, known[name], dtype_name, args)
-    prefix = args.out or ROOT / "benchmarks" / "results" / "bench_swaps_cpu"
-    config = {k: v for k, v in vars(args).items() if k != "out"}
-    for path in write_results(prefix, env, config, rows):
-        print(f"wrote {path}")
+            # after every client: a long run stopped early keeps what it measured
+            paths = write_results(prefix, env, config, rows)
+    print("wrote " + ", ".join(map(str, paths)))
     return rows
 
 
