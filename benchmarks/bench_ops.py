@@ -2,7 +2,8 @@
 
 For each op (local_attention, global_attention, window_pool), the whole LocalGlobalAttention
 layer, and Swin's W-MSA / SW-MSA (local_attention with shift and relative-position bias, against
-MONAI's eager window attention and FlexAttention, at Video-Swin-T's and Swin-UNETR's stages), every
+MONAI's eager window attention and FlexAttention, at Video-Swin-T's and Swin-UNETR's stages and 2-D
+Swin-T's stages 1 and 3 as grids of one frame), every
 implementation (the op on each selected backend, then the peers of `benchmarks.peers`) is first
 checked against the float64 PyTorch reference (output and gradients), then timed forward, backward
 and forward+backward: median with 20/80 percentiles, achieved TFLOP/s (FLOPs from `logo_attn.flops`,
@@ -67,6 +68,9 @@ PEERS = LOCAL_PEERS + GLOBAL_PEERS + POOL_PEERS + LAYER_PEERS + ("monai_eager",)
 SWIN_SHAPES = {
     "video-swin-t": "8x56x56:8x7x7:3x32",  # Video-Swin-T's first stage (C = 96)
     "swin-unetr": "32x32x32:7x7x7:3x16",  # a Swin-UNETR stage (feature size 48); 7 does not divide 32
+    # 2-D Swin as a grid of one frame: Swin-T's stages 1 (C = 96) and 3 (C = 384) at 224^2
+    "swin-t-stage1": "1x56x56:1x7x7:3x32",
+    "swin-t-stage3": "1x14x14:1x7x7:12x32",
 }
 SWIN_VARIANTS = ("W-MSA", "SW-MSA")
 

@@ -52,7 +52,7 @@ struct AttnArgs {
 };
 
 // Entries of one head's bias gradient: the offset box, or T * T for a dense bias.
-inline int64_t bias_grad_entries(const AttnArgs& a) {
+LOGO_ATTN_HOST_DEVICE int64_t bias_grad_entries(const AttnArgs& a) {
   return a.bias_slots ? a.bias_slots * a.bias_slots : OffsetBox(a.window).size;
 }
 

@@ -67,12 +67,23 @@ def has_nonfinite(x):
     return tl.max(tl.where(tl.abs(x) < float("inf"), 0, 1)) == 1
 
 
+# Which bias a kernel adds (its HAS_BIAS flag): none, a relative-position table, a dense slot-pair bias.
+NO_BIAS = 0
+TABLE_BIAS = 1
+DENSE_BIAS = 2
+
+
 @triton.jit
 def bias_scores(bias_base, q_rel, k_rel, pair_mask, bias_centre, HAS_BIAS: tl.constexpr):
-    """The relative-position bias of a tile's pairs, in the log2 units of the scores: the table entry
-    at bias_centre + q_rel - k_rel (rel: a slot's coordinates times the table's strides), 0 off the
-    mask (whose pairs may lie further apart than the table reaches). Nothing without HAS_BIAS."""
-    if HAS_BIAS:
+    """The bias of a tile's pairs, in the log2 units of the scores, 0 off the mask (whose pairs may
+    lie further apart than the table reaches). TABLE_BIAS: the table entry at bias_centre + q_rel -
+    k_rel (rel: a slot's coordinates times the table's strides). DENSE_BIAS: the entry at
+    q_rel * bias_centre + k_rel of a contiguous (T, T) head (rel: the slot's dense-bias index;
+    bias_centre: the row length T). Nothing without HAS_BIAS."""
+    if HAS_BIAS == DENSE_BIAS:
+        offsets = q_rel[:, None] * bias_centre + k_rel[None, :]
+        return tl.load(bias_base + offsets, mask=pair_mask, other=0.0).to(tl.float32) * LOG2E
+    elif HAS_BIAS:
         offsets = bias_centre + (q_rel[:, None] - k_rel[None, :])
         return tl.load(bias_base + offsets, mask=pair_mask, other=0.0).to(tl.float32) * LOG2E
     else:

@@ -22,7 +22,7 @@ import triton.language as tl
 
 from ..geometry import axis_offset, num_windows
 from .attn_tile import (
-    attend_key_tile, bias_scores, dkdv_query_tile, dq_key_tile, has_nonfinite, load_query_grads, load_rows,
+    DENSE_BIAS, NO_BIAS, TABLE_BIAS, attend_key_tile, bias_scores, dkdv_query_tile, dq_key_tile, has_nonfinite, load_query_grads, load_rows,
     log2_scale, program_coordinates, softmax_finish, store_rows,
 )
 from .relative_bias import local_attn_dbias
@@ -31,7 +31,9 @@ from .tuning import (
     prune_attention_dkdv, prune_attention_dq, prune_attention_fwd,
 )
 from .utils import device_guard, last_dim_contiguous, next_power_of_2
-from .window_index import group_tokens, only_window, pair_mask, slot_coordinates, window_geometry, window_tokens
+from .window_index import (
+    bias_offset, group_tokens, only_window, pair_mask, slot_coordinates, window_geometry, window_tokens,
+)
 
 # Windows of at most PACKED_TILE / 2 tokens share a tile of PACKED_TILE slots with their neighbours.
 PACKED_TILE = 64
@@ -315,7 +317,7 @@ def local_attn_bwd_kernel_dq(
     q_tok = window_tokens(q_slots, t0, y0, x0, extent_h, extent_w, H, W)
     q_valid = q_slots < slots
     qt, qy, qx = slot_coordinates(q_slots, extent_h, extent_w)
-    q_rel = qt * stride_bt + qy * stride_by + qx * stride_bx
+    q_rel = bias_offset(window, qt, qy, qx, windows_h, windows_w, off_t, off_y, off_x, stride_bt, stride_by, stride_bx)
     cols = tl.arange(0, BLOCK_D)
     col_mask = cols < HEAD_DIM
     q, dout, lse_log2, delta = load_query_grads(
@@ -333,8 +335,9 @@ def local_attn_bwd_kernel_dq(
         k_tok = window_tokens(k_slots, t0, y0, x0, extent_h, extent_w, H, W)
         kt, ky, kx = slot_coordinates(k_slots, extent_h, extent_w)
         pairs = q_valid[:, None] & k_valid[None, :]
-        bias = bias_scores(bias_base, q_rel, kt * stride_bt + ky * stride_by + kx * stride_bx, pairs, bias_centre,
-                           HAS_BIAS)
+        k_rel = bias_offset(window, kt, ky, kx, windows_h, windows_w, off_t, off_y, off_x, stride_bt, stride_by,
+                            stride_bx)
+        bias = bias_scores(bias_base, q_rel, k_rel, pairs, bias_centre, HAS_BIAS)
         dq = dq_key_tile(dq, q, dout, lse_log2, delta, k_base, v_base, k_tok, k_valid, stride_kn, stride_vn,
                          cols, col_mask, pairs, bias, qk_scale, HAS_BIAS, DOT_PRECISION)
     store_rows(dq_ptr + b * stride_db + head * stride_dh, dq * scale, q_tok, q_valid, stride_dn, cols, col_mask)
@@ -348,7 +351,12 @@ class _Launch:
         if any(not 0 <= int(s) < int(w) for s, w in zip(shift, window)):
             raise ValueError(f"local_attention: shift must satisfy 0 <= shift < window on every axis, "
                              f"got shift {tuple(shift)} for window {tuple(window)}")
-        if bias is not None and (bias.dim() != 4 or bias.shape[0] != heads or any(
+        slots = math.prod(window)
+        dense = bias is not None and bias.dim() == 3
+        if dense and tuple(bias.shape) != (heads, slots, slots):
+            raise ValueError(f"local_attention: a dense bias must be (heads, T, T) = ({heads}, {slots}, {slots}) "
+                             f"for the window {tuple(window)} clipped to the grid, got {tuple(bias.shape)}")
+        if bias is not None and not dense and (bias.dim() != 4 or bias.shape[0] != heads or any(
                 n % 2 == 0 or n < 2 * int(w) - 1 for n, w in zip(bias.shape[1:], window))):
             raise ValueError(f"local_attention: bias must be ({heads}, 2f-1, 2h-1, 2w-1) for a window of at "
                              f"least {tuple(window)}, got {tuple(bias.shape)}")
@@ -365,13 +373,23 @@ class _Launch:
                            *self.offsets)
         # Without a bias the kernels never read bias_ptr (HAS_BIAS is a compile-time flag): q stands in.
         self.bias = q if bias is None else bias
-        self.bias_strides = (0, 0, 0, 0) if bias is None else bias.stride()
-        # The table entry of offset 0: (f'-1, h'-1, w'-1) for the user's (unclipped) window f' x h' x w'.
-        self.bias_centre = 0 if bias is None else sum((n - 1) // 2 * s for n, s in zip(bias.shape[1:], bias.stride()[1:]))
+        self.bias_kind = NO_BIAS if bias is None else DENSE_BIAS if dense else TABLE_BIAS
+        if dense:
+            # A dense bias is read contiguous (heads x T^2 values: a copy only for a strided view),
+            # a slot's "offset" being its index (strides h*w, w, 1) and bias_centre the row length.
+            self.bias = bias.contiguous()
+            self.bias_strides = (slots * slots, window[1] * window[2], window[2], 1)
+            self.bias_centre = slots
+        elif bias is not None:
+            self.bias_strides = bias.stride()
+            # The table entry of offset 0: (f'-1, h'-1, w'-1) for the user's (unclipped) window f' x h' x w'.
+            self.bias_centre = sum((n - 1) // 2 * s for n, s in zip(bias.shape[1:], bias.stride()[1:]))
+        else:
+            self.bias_strides, self.bias_centre = (0, 0, 0, 0), 0
         self.meta = dict(
             HEAD_DIM=head_dim, BLOCK_K=self.block_k, BLOCK_D=head_dim_tile(head_dim),
             WINDOWS_PER_GROUP=self.windows_per_group, SLOTS_PER_WINDOW=self.slots_per_window,
-            SINGLE_KEY_TILE=self.group_slots <= self.block_k, HAS_BIAS=bias is not None,
+            SINGLE_KEY_TILE=self.group_slots <= self.block_k, HAS_BIAS=self.bias_kind,
             DOT_PRECISION=dot_precision(q.dtype),
         )
 
@@ -390,7 +408,8 @@ def _check_tokens(q: torch.Tensor) -> None:
 
 def local_attn_fwd(q, k, v, grid, window, shift, bias, scale):
     """Backend protocol: (out, lse) of windowed attention with `shift` (0 <= shift < window, 0 where
-    the window covers its axis) and an optional (heads, 2f'-1, 2h'-1, 2w'-1) bias table."""
+    the window covers its axis) and an optional (heads, 2f'-1, 2h'-1, 2w'-1) bias table or dense
+    (heads, T, T) bias."""
     q, k, v = (last_dim_contiguous(t) for t in (q, k, v))
     _check_tokens(q)
     B, N, heads, _ = q.shape
@@ -431,5 +450,6 @@ def local_attn_bwd(dout, q, k, v, out, lse, grid, window, shift, bias, scale, bi
         dbias = None
         if want_dbias:
             dbias = local_attn_dbias(dout, q, k, v, out, lse, grid, window, launch.offsets, launch.windows, bias,
-                                     launch.bias_centre, log2_scale(scale), launch.meta["DOT_PRECISION"])
+                                     launch.bias, launch.bias_strides, launch.bias_centre, launch.bias_kind,
+                                     log2_scale(scale), launch.meta["DOT_PRECISION"])
     return dq, dk, dv, dbias

@@ -1,4 +1,5 @@
-"""Gradient of the relative-position bias table of local attention: a Triton kernel and its launcher.
+"""Gradient of local attention's bias (a relative-position table or a dense slot-pair bias): a Triton
+kernel and its launcher.
 
 dbias[head, Δ] is the sum, over batch, windows and the pairs (i, j) of a window at offset
 Δ = coord_i - coord_j, of dS_ij = P_ij (dP_ij - delta_i). Every window contributes to every entry,
@@ -14,7 +15,8 @@ slots alone:
 2. The partials are summed over chunks (`torch.sum`, a fixed-order reduction) into G (heads, T, T),
    and G is summed along its offset diagonals, axis by axis, into the (2f-1, 2h-1, 2w-1) table
    (`offset_sums`: a pad-and-reshape turns each diagonal into a column), placed at the centre of the
-   user's (2f'-1, 2h'-1, 2w'-1) table (f' >= f: the window before clipping to the grid).
+   user's (2f'-1, 2h'-1, 2w'-1) table (f' >= f: the window before clipping to the grid). A dense
+   (heads, T, T) bias is indexed by these very slot pairs: G is its gradient.
 
 Deterministic (every partial element has one writer; the sums have a fixed order) and memory-bound
 by chunks x heads x T^2 fp32, where chunks only fills the GPU (about 2 x SMs programs), whatever the
@@ -57,7 +59,8 @@ def local_attn_bwd_kernel_dbias(
     stride_bh, stride_bt, stride_by, stride_bx, stride_pc, stride_ph, stride_pi,
     heads, chunks, windows, windows_h, windows_w, F, H, W, f, h, w, off_t, off_y, off_x,
     items, chunk_items, bias_centre, qk_scale,
-    HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, HAS_BIAS: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     """Partial dbias, expanded over the nominal window's (query slot, key slot) pairs, of one tile
     pair, head and chunk of (batch, window) items."""
@@ -88,7 +91,7 @@ def local_attn_bwd_kernel_dbias(
         pairs = q_valid[:, None] & k_valid[None, :]
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
         s += bias_scores(bias_base, qt * stride_bt + qy * stride_by + qx * stride_bx,
-                         kt * stride_bt + ky * stride_by + kx * stride_bx, pairs, bias_centre, True)
+                         kt * stride_bt + ky * stride_by + kx * stride_bx, pairs, bias_centre, HAS_BIAS)
         p = tl.where(pairs, tl.exp2(s - lse_log2[:, None]), 0.0)
         dp = tl.dot(dout, tl.trans(v), input_precision=DOT_PRECISION)
         acc += tl.where(pairs, p * (dp - delta[:, None]), 0.0)
@@ -150,9 +153,11 @@ def expanded_to_table(g: torch.Tensor, window, table_shape) -> torch.Tensor:
     return table
 
 
-def local_attn_dbias(dout, q, k, v, out, lse, grid, window, offsets, windows, bias, bias_centre, qk_scale,
-                     dot_precision: str) -> torch.Tensor:
-    """The bias table's gradient, in the bias's dtype (inputs as `local_attn_bwd` has them)."""
+def local_attn_dbias(dout, q, k, v, out, lse, grid, window, offsets, windows, bias, bias_read, bias_strides,
+                     bias_centre, bias_kind, qk_scale, dot_precision: str) -> torch.Tensor:
+    """The bias's gradient, in its dtype and shape: a table's (summed by offset) or a dense
+    (heads, T, T) bias's (the expanded gradient itself). `bias_read`, `bias_strides`, `bias_centre`
+    and `bias_kind` are how the attention kernels read it (local_attn's `_Launch`)."""
     B, N, heads, head_dim = q.shape
     T = math.prod(window)
     if q.numel() == 0:
@@ -160,13 +165,14 @@ def local_attn_dbias(dout, q, k, v, out, lse, grid, window, offsets, windows, bi
     block, tiles, chunks, chunk_items = dbias_plan(q, T, B * math.prod(windows))
     parts = torch.empty((chunks, heads, T, T), dtype=torch.float32, device=q.device)
     local_attn_bwd_kernel_dbias[(chunks * heads * tiles * tiles,)](
-        dout, q, k, v, out, lse, bias, parts,
+        dout, q, k, v, out, lse, bias_read, parts,
         *dout.stride()[:3], *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], *lse.stride()[:2],
-        *bias.stride(), *parts.stride()[:3],
+        *bias_strides, *parts.stride()[:3],
         heads, chunks, math.prod(windows), windows[1], windows[2], *grid, *window, *offsets,
         B * math.prod(windows), chunk_items, bias_centre, qk_scale,
-        HEAD_DIM=head_dim, BLOCK=block, BLOCK_D=head_dim_tile(head_dim), DOT_PRECISION=dot_precision,
-        num_warps=8, num_stages=1,
+        HEAD_DIM=head_dim, BLOCK=block, BLOCK_D=head_dim_tile(head_dim), HAS_BIAS=bias_kind,
+        DOT_PRECISION=dot_precision, num_warps=8, num_stages=1,
     )
+    if bias.dim() == 3:
+        return parts.sum(0).to(bias.dtype)
     return expanded_to_table(parts.sum(0), window, bias.shape[1:]).to(bias.dtype)
-

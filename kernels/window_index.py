@@ -34,6 +34,18 @@ def window_geometry(window, windows_h, windows_w, F, H, W, f, h, w, off_t, off_y
 
 
 @triton.jit
+def bias_offset(window, t, y, x, windows_h, windows_w, off_t, off_y, off_x, stride_bt, stride_by, stride_bx):
+    """A slot's bias coordinate: its (t, y, x) relative to the window's origin shifted by the part of
+    the nominal window that lies before the grid (the shift's offset, for a leading partial window
+    only), times the bias's strides. Differences of these are a pair's offset (a table's entry);
+    with strides (h*w, w, 1) the value is the slot's index in a dense (heads, T, T) bias."""
+    lead_t = tl.where(window // (windows_h * windows_w) == 0, off_t, 0)
+    lead_y = tl.where((window // windows_w) % windows_h == 0, off_y, 0)
+    lead_x = tl.where(window % windows_w == 0, off_x, 0)
+    return (t + lead_t) * stride_bt + (y + lead_y) * stride_by + (x + lead_x) * stride_bx
+
+
+@triton.jit
 def slot_coordinates(slot, extent_h, extent_w):
     """(t, y, x) of `slot` relative to its window's origin (row-major over the window's own extent)."""
     plane = extent_h * extent_w
@@ -53,9 +65,8 @@ def group_tokens(slots, group, windows_h, windows_w, F, H, W, f, h, w, off_t, of
                  stride_bt, stride_by, stride_bx, WINDOWS_PER_GROUP: tl.constexpr, SLOTS_PER_WINDOW: tl.constexpr):
     """Token index, validity, window id and bias-table offset of `slots` of window group `group`.
 
-    The bias offset is the slot's coordinates relative to its window's origin times the table's
-    strides: a pair's table entry is the centre plus (query offset - key offset), as Δ = query - key
-    is the same in window and grid coordinates.
+    The bias offset is `bias_offset`: a pair's table entry is the centre plus (query offset - key
+    offset), as Δ = query - key is the same in window and grid coordinates; a dense bias's slot.
     """
     if WINDOWS_PER_GROUP == 1:
         window = group
@@ -67,7 +78,8 @@ def group_tokens(slots, group, windows_h, windows_w, F, H, W, f, h, w, off_t, of
                                                             off_t, off_y, off_x)
     t, y, x = slot_coordinates(slot, extent_h, extent_w)
     tokens = ((t0 + t) * H + y0 + y) * W + x0 + x
-    return tokens, slot < count, window, t * stride_bt + y * stride_by + x * stride_bx
+    rel = bias_offset(window, t, y, x, windows_h, windows_w, off_t, off_y, off_x, stride_bt, stride_by, stride_bx)
+    return tokens, slot < count, window, rel
 
 
 @triton.jit

@@ -21,12 +21,15 @@ Where the results differ from MONAI's (see also ``swap_monai_attention``):
   are keys whose value is the qkv bias. With ``zero_pad=True`` this module does the same (one pad
   copy, then the op on the padded grid: equal to MONAI); with ``zero_pad=False`` each token attends
   only the real tokens of its window (the op's own semantics, no padding).
-- Windows clipped to a smaller grid. MONAI (like Video Swin) then takes
-  ``relative_position_index[:n, :n]``, the first n slots of the *unclipped* window in row-major
-  order. Those are the clipped window's tokens only when every axis before a clipped axis has length
-  1 in the clipped window (e.g. when only the first axis is clipped); otherwise most pairs get the
-  bias of another offset than their own. This module always uses the tokens' real offsets, and
-  `SwinBlock3D` warns when a grid makes the two differ.
+Windows clipped to a smaller grid: MONAI (like torchvision and Video Swin) then biases the pairs
+with ``relative_position_index[:n, :n]``, the first n slots of the *unclipped* window in row-major
+order. Those are the clipped window's tokens only when every axis before a clipped axis has length 1
+in the clipped window (e.g. when only the first axis is clipped); otherwise most pairs get the bias
+of another offset than their own (SwinUNETR's last stage at 96^3 inputs: 6x6x6 tokens, window 7).
+Pretrained weights were trained with that function, so by default this module computes it too: on a
+clipped window it passes ``table[index[:n, :n]]`` as the op's dense ``(heads, n, n)`` bias. With
+``true_offsets=True`` it adds each pair's real offset instead (for training from scratch), and
+`SwinBlock3D` warns where that differs from MONAI.
 """
 
 from __future__ import annotations
@@ -80,6 +83,8 @@ class WindowAttention3D(nn.Module):
         attn_drop, proj_drop: dropout on the attention probabilities and on the output projection.
         zero_pad: on a grid the window does not divide, attend zero-padded tokens as MONAI and Swin
             do (True), or only the real tokens of each window (False).
+        true_offsets: on a window clipped to a smaller grid, bias each pair by its real offset
+            (True) instead of MONAI's ``relative_position_index[:n, :n]`` (False, MONAI's function).
         backend: op backend, see ``logo_attn.available_backends()``.
     """
 
@@ -94,6 +99,7 @@ class WindowAttention3D(nn.Module):
         proj_drop: float = 0.0,
         zero_pad: bool = False,
         backend: str = "auto",
+        true_offsets: bool = False,
     ) -> None:
         super().__init__()
         self.num_heads = check_heads(dim, num_heads)
@@ -104,12 +110,13 @@ class WindowAttention3D(nn.Module):
         self.scale = (dim // num_heads) ** -0.5
         self.attn_drop = check_attention_dropout(attn_drop, backend)
         self.zero_pad = zero_pad
+        self.true_offsets = true_offsets
         self.backend = backend
         self.relative_position_bias_table = nn.Parameter(
             torch.zeros(math.prod(bias_table_shape(self.window_size)), num_heads))
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
-        # Never read by forward (the op takes offsets from coordinates): kept so that state_dicts load
-        # strictly both ways with MONAI's and Video Swin's WindowAttention.
+        # Read on clipped windows only (MONAI's [:n, :n] slice; the op takes other offsets from
+        # coordinates); kept so that state_dicts load strictly both ways with MONAI's and Video Swin's.
         self.register_buffer("relative_position_index",
                              reference.relative_position_index(self.window_size, self.window_size))
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
@@ -138,9 +145,19 @@ class WindowAttention3D(nn.Module):
         """Zero tokens appended per axis to reach whole (clipped) windows, as MONAI pads."""
         return tuple(-g % w for g, w in zip(grid, clip_window(grid, self.window_size)))
 
+    def _bias(self, grid: tuple[int, ...]) -> Tensor:
+        """The op's bias for this grid: the offset table, or on a clipped window (unless
+        true_offsets) MONAI's ``table[relative_position_index[:n, :n]]`` as a dense (heads, n, n) bias."""
+        window = clip_window(grid, self.window_size)
+        if self.true_offsets or tuple(window) == self.window_size:
+            # A few thousand numbers: a contiguous copy costs nothing and every backend reads it.
+            return bias_table_view(self.relative_position_bias_table, self.window_size).contiguous()
+        n = math.prod(window)
+        index = self.relative_position_index[:n, :n].reshape(-1)
+        return self.relative_position_bias_table[index].view(n, n, self.num_heads).permute(2, 0, 1)
+
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, grid: tuple[int, ...]) -> Tensor:
-        # The table is a few thousand numbers: a contiguous copy costs nothing and every backend reads it.
-        bias = bias_table_view(self.relative_position_bias_table, self.window_size).contiguous()
+        bias = self._bias(grid)
         if self.training and self.attn_drop > 0:
             window = clip_window(grid, self.window_size)
             shift = clip_shift(grid, self.window_size, self.shift_size)
@@ -151,7 +168,7 @@ class WindowAttention3D(nn.Module):
 
     @classmethod
     def from_monai(cls, attn: nn.Module, shift_size: Sequence[int] = NO_SHIFT, zero_pad: bool = False,
-                   backend: str = "auto") -> WindowAttention3D:
+                   backend: str = "auto", true_offsets: bool = False) -> WindowAttention3D:
         """The module computing MONAI's ``WindowAttention`` (3-D) with its very parameters and buffer
         (shared, not copied: an optimizer built before the swap keeps training them)."""
         window = tuple(attn.window_size)
@@ -159,7 +176,8 @@ class WindowAttention3D(nn.Module):
             raise ValueError(f"WindowAttention3D.from_monai: a 3-D window is needed, got window_size {window}")
         with torch.device("meta"):  # the fresh parameters are replaced below: do not allocate them
             new = cls(attn.dim, attn.num_heads, window, shift_size, qkv_bias=attn.qkv.bias is not None,
-                      attn_drop=attn.attn_drop.p, proj_drop=attn.proj_drop.p, zero_pad=zero_pad, backend=backend)
+                      attn_drop=attn.attn_drop.p, proj_drop=attn.proj_drop.p, zero_pad=zero_pad, backend=backend,
+                      true_offsets=true_offsets)
         new.relative_position_bias_table = attn.relative_position_bias_table
         new.relative_position_index = attn.relative_position_index
         new.qkv, new.proj, new.proj_drop = attn.qkv, attn.proj, attn.proj_drop
@@ -169,7 +187,7 @@ class WindowAttention3D(nn.Module):
 @functools.cache
 def monai_bias_differs(grid: tuple[int, int, int], window: tuple[int, int, int]) -> bool:
     """True when MONAI's ``relative_position_index[:n, :n]`` for the window clipped to `grid` is not
-    the index of the clipped window's real offsets, i.e. where MONAI's bias and this module's differ."""
+    the index of the clipped window's real offsets, i.e. where ``true_offsets=True`` differs from MONAI."""
     clipped = clip_window(grid, window)
     n = math.prod(clipped)
     sliced = reference.relative_position_index(window, window)[:n, :n]
@@ -195,9 +213,10 @@ class SwinBlock3D(nn.Module):
         self.use_checkpoint = use_checkpoint
 
     @classmethod
-    def from_monai(cls, block: nn.Module, zero_pad: bool = True, backend: str = "auto") -> SwinBlock3D:
+    def from_monai(cls, block: nn.Module, zero_pad: bool = True, backend: str = "auto",
+                   true_offsets: bool = False) -> SwinBlock3D:
         """The same block with its attention swapped; parameters shared with `block`."""
-        attn = WindowAttention3D.from_monai(block.attn, block.shift_size, zero_pad, backend)
+        attn = WindowAttention3D.from_monai(block.attn, block.shift_size, zero_pad, backend, true_offsets)
         new = cls(block.norm1, attn, block.drop_path, block.norm2, block.mlp, block.use_checkpoint)
         return new.train(block.training)
 
@@ -213,11 +232,12 @@ class SwinBlock3D(nn.Module):
         """x: (B, D, H, W, C). `mask_matrix` (MONAI's region mask) is accepted so that the block also
         runs inside an unswapped MONAI ``BasicLayer``, and ignored: the windows come from the shift."""
         grid = tuple(x.shape[1:4])
-        if x.dim() == 5 and not torch.compiler.is_compiling() and monai_bias_differs(grid, self.attn.window_size):
+        if (self.attn.true_offsets and x.dim() == 5 and not torch.compiler.is_compiling()
+                and monai_bias_differs(grid, self.attn.window_size)):
             warnings.warn(
                 f"grid {grid} clips window {self.attn.window_size} so that MONAI's relative_position_index[:n, :n] "
-                "no longer indexes the tokens' own offsets; this block adds the bias of their real offsets, so its "
-                "output differs from MONAI's WindowAttention here",
+                "no longer indexes the tokens' own offsets; with true_offsets=True this block adds the bias of their "
+                "real offsets, so its output differs from MONAI's WindowAttention here",
                 stacklevel=1,  # the caller is nn.Module's dispatch: pointing here says more
             )
         if self.use_checkpoint:
@@ -247,7 +267,8 @@ class SwinStage3D(nn.Module):
         return x.permute(0, 4, 1, 2, 3)
 
 
-def swap_monai_attention(model: nn.Module, *, zero_pad: bool = True, backend: str = "auto") -> nn.Module:
+def swap_monai_attention(model: nn.Module, *, zero_pad: bool = True, true_offsets: bool = False,
+                         backend: str = "auto") -> nn.Module:
     """Replace, in place, the window attention of every 3-D MONAI ``SwinTransformerBlock`` in `model`
     (a ``SwinUNETR``, a ``SwinTransformer``, a ``BasicLayer``, a block, or any module holding them)
     by `SwinBlock3D`, and every ``BasicLayer`` of such blocks by `SwinStage3D`. Weights are kept:
@@ -255,11 +276,11 @@ def swap_monai_attention(model: nn.Module, *, zero_pad: bool = True, backend: st
     optimizer built before the swap still updates them. Returns `model` (or its replacement, when
     `model` itself is a block or a layer).
 
-    With ``zero_pad=True`` (the default) the swapped model computes what MONAI computes, up to
-    rounding, on every grid except where a window is clipped to a smaller grid on an axis after
-    another clipped axis (MONAI's ``relative_position_index[:n, :n]``; `SwinBlock3D` warns there).
-    With ``zero_pad=False`` border windows of grids the window does not divide attend only real
-    tokens. Load pretrained weights (``load_from``, ``load_state_dict``) before or after the swap:
+    By default the swapped model computes what MONAI computes, up to rounding, on every grid: the
+    zero padding of grids the window does not divide, and on windows clipped to a smaller grid
+    MONAI's ``relative_position_index[:n, :n]`` bias. Deviations are opt-in: ``zero_pad=False``
+    (border windows attend only real tokens), ``true_offsets=True`` (clipped windows add each pair's
+    real offset; `SwinBlock3D` warns where that differs from MONAI). Load pretrained weights (``load_from``, ``load_state_dict``) before or after the swap:
     ``load_from`` needs the MONAI blocks, so call it before; ``load_state_dict`` works either way.
     2-D Swin blocks are left as they are. MONAI is imported here, not at module import.
     """
@@ -275,7 +296,7 @@ def swap_monai_attention(model: nn.Module, *, zero_pad: bool = True, backend: st
         nonlocal swapped
         if is_3d_block(module):
             swapped += 1
-            return SwinBlock3D.from_monai(module, zero_pad, backend)
+            return SwinBlock3D.from_monai(module, zero_pad, backend, true_offsets)
         if isinstance(module, BasicLayer) and len(module.blocks) and all(map(is_3d_block, module.blocks)):
             blocks = nn.ModuleList(swap(block) for block in module.blocks)
             return SwinStage3D(blocks, module.downsample).train(module.training)

@@ -77,9 +77,12 @@ def test_reference_equals_dense_masked_attention(grid, window, heads, head_dim):
 @pytest.mark.parametrize("grid,window,shift", SHIFT_CASES)
 def test_reference_with_shift_and_bias_equals_dense_masked_attention(grid, window, shift):
     """Shifted windows and the bias gathered by coordinates, forward and every gradient (bias too)."""
-    N, heads = math.prod(grid), 2
+    check_reference_against_dense(grid, window, shift, bias_table(2, window))
+
+
+def check_reference_against_dense(grid, window, shift, bias):
+    N, heads = math.prod(grid), bias.shape[0]
     q, k, v = (torch.randn(2, N, heads, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
-    bias = bias_table(heads, window)
     clipped, used_shift = clip_window(grid, window), clip_shift(grid, window, shift)
     got = reference.local_attention(q, k, v, grid, clipped, 0.4, shift=used_shift, bias=bias)
     want = dense_local_attention(q, k, v, grid, clipped, used_shift, bias, 0.4)
@@ -87,6 +90,18 @@ def test_reference_with_shift_and_bias_equals_dense_masked_attention(grid, windo
     dout = torch.randn_like(got)
     for g, w in zip(torch.autograd.grad(got, (q, k, v, bias), dout), torch.autograd.grad(want, (q, k, v, bias), dout)):
         torch.testing.assert_close(g, w, atol=1e-12, rtol=1e-12)
+
+
+def swin_regions(grid, window, shift):
+    """Swin's SW-MSA region labels of the rolled grid: the slices [0, -w), [-w, -s), [-s, end) per axis."""
+    region = torch.zeros(grid, dtype=torch.long)
+    count = 0
+    for a in (slice(0, -window[0]), slice(-window[0], -shift[0]), slice(-shift[0], None)):
+        for b in (slice(0, -window[1]), slice(-window[1], -shift[1]), slice(-shift[1], None)):
+            for c in (slice(0, -window[2]), slice(-window[2], -shift[2]), slice(-shift[2], None)):
+                region[a, b, c] = count
+                count += 1
+    return region
 
 
 def test_shifted_windows_equal_swin_roll_and_region_mask():
@@ -100,13 +115,7 @@ def test_shifted_windows_equal_swin_roll_and_region_mask():
     def roll(t, sign):
         return torch.roll(t.view(1, *grid, heads, d), [sign * s for s in shift], dims=(1, 2, 3)).reshape(1, N, heads, d)
 
-    region = torch.zeros(grid, dtype=torch.long)
-    count = 0
-    for a in (slice(0, -window[0]), slice(-window[0], -shift[0]), slice(-shift[0], None)):
-        for b in (slice(0, -window[1]), slice(-window[1], -shift[1]), slice(-shift[1], None)):
-            for c in (slice(0, -window[2]), slice(-window[2], -shift[2]), slice(-shift[2], None)):
-                region[a, b, c] = count
-                count += 1
+    region = swin_regions(grid, window, shift)
     rq, rk, rv = (roll(t, -1) for t in (q, k, v))
     same_region = region.flatten()[:, None] == region.flatten()[None, :]
     mask = same_window_mask(grid, window) & same_region
@@ -213,9 +222,13 @@ def test_matches_reference(backend, device, dtype, B, grid, window, heads, head_
 @pytest.mark.parametrize("backend,device,dtype", backend_dtype_params())
 def test_shift_and_bias_match_reference(backend, device, dtype, grid, window, shift, poison_empty):
     require(backend, device, dtype, 16)
-    N, heads = math.prod(grid), 2
+    check_shift_and_bias(backend, device, dtype, grid, window, shift, bias_table(2, window, dtype, device))
+
+
+def check_shift_and_bias(backend, device, dtype, grid, window, shift, bias):
+    """Output and every gradient (the bias's included) of a shifted call against the reference."""
+    N, heads = math.prod(grid), bias.shape[0]
     q, k, v = attention_inputs(2, N, N, heads, 16, dtype, device, "packed")
-    bias = bias_table(heads, window, dtype, device)
     dout = torch.randn(2, N, heads, 16, dtype=dtype, device=device)
     clipped, used = clip_window(grid, window), clip_shift(grid, window, shift)
 
@@ -413,11 +426,13 @@ def test_opcheck(backend, device, layout):
 
 
 @pytest.mark.parametrize("backend,device", backend_params())
-def test_opcheck_with_shift_and_bias(backend, device):
+@pytest.mark.parametrize("bias_shape,layout", [((2, 3, 5, 3), "contiguous"), ((2, 12, 12), "heads_first")],
+                         ids=["table", "dense"])
+def test_opcheck_with_shift_and_bias(backend, device, bias_shape, layout):
     require(backend, device)
     grid, window, shift, scale = [3, 4, 5], [2, 3, 2], [1, 2, 1], 0.25
-    q, k, v = (t.detach() for t in attention_inputs(2, 60, 60, 2, 16, torch.float32, device, "contiguous"))
-    bias = torch.randn(2, 3, 5, 3, device=device)
+    q, k, v = (t.detach() for t in attention_inputs(2, 60, 60, 2, 16, torch.float32, device, layout))
+    bias = torch.randn(bias_shape, device=device)
     out, lse = ops.local_attn_fwd(q, k, v, grid, window, shift, bias, scale, backend)
     torch.library.opcheck(ops.local_attn_fwd, (q, k, v, grid, window, shift, bias, scale, backend))
     torch.library.opcheck(ops.local_attn_bwd,
@@ -425,24 +440,28 @@ def test_opcheck_with_shift_and_bias(backend, device):
 
 
 @pytest.mark.parametrize("backend,device", backend_params())
-def test_compile_fullgraph_dynamic_without_recompiles(backend, device):
+@pytest.mark.parametrize("dense", [False, True], ids=["no-bias", "shift-and-dense-bias"])
+def test_compile_fullgraph_dynamic_without_recompiles(backend, device, dense):
     require(backend, device)
     torch._dynamo.reset()
     counter = CompileCounterWithBackend("inductor")
 
-    def local(q, k, v, grid):
-        return local_attention(q, k, v, grid, (2, 2, 3), backend=backend)
+    def local(q, k, v, grid, bias):
+        return local_attention(q, k, v, grid, (2, 2, 3), shift=(1, 1, 1) if dense else (0, 0, 0), bias=bias,
+                               backend=backend)
 
     compiled = torch.compile(local, backend=counter, fullgraph=True, dynamic=True)
     # sizes distinct from each other and from 0/1, so neither duck sizing nor 0/1 specialisation adds
     # guards that a new shape would fail
     for B, grid in ((6, (3, 4, 5)), (7, (4, 6, 5)), (9, (5, 4, 7))):
         q, k, v = attention_inputs(B, math.prod(grid), math.prod(grid), 2, 16, torch.float32, device, "packed")
+        bias = torch.randn(2, 12, 12, device=device, requires_grad=True) if dense else None
+        leaves = (q, k, v, bias) if dense else (q, k, v)
         dout = torch.randn(q.shape, device=device)
-        got = compiled(q, k, v, grid)
-        want = local(q, k, v, grid)
+        got = compiled(q, k, v, grid, bias)
+        want = local(q, k, v, grid, bias)
         torch.testing.assert_close(got, want)
-        for g, w in zip(torch.autograd.grad(got, (q, k, v), dout), torch.autograd.grad(want, (q, k, v), dout)):
+        for g, w in zip(torch.autograd.grad(got, leaves, dout), torch.autograd.grad(want, leaves, dout)):
             torch.testing.assert_close(g, w)
     assert counter.frame_count == 1, f"recompiled: {counter.frame_count} frames for 3 shapes"
 
@@ -501,12 +520,13 @@ def test_second_derivatives_through_the_reference(backend, device):
         torch.testing.assert_close(g, w, atol=1e-4 * w.abs().max().item(), rtol=1e-4)
 
 
+@pytest.mark.parametrize("bias_shape", [(2, 3, 3, 5), (2, 12, 12)], ids=["table", "dense"])
 @pytest.mark.parametrize("backend,device", backend_params())
-def test_second_derivatives_with_shift_and_bias(backend, device):
+def test_second_derivatives_with_shift_and_bias(backend, device, bias_shape):
     require(backend, device)
     grid, window, shift = (2, 3, 4), (2, 2, 3), (0, 1, 2)
     q, k, v = (t.detach().requires_grad_(True) for t in attention_inputs(1, 24, 24, 2, 4, torch.float32, device, "contiguous"))
-    inputs = (q, k, v, torch.randn(2, 3, 3, 5, device=device, requires_grad=True))
+    inputs = (q, k, v, torch.randn(bias_shape, device=device, requires_grad=True))
     got = second_derivatives(
         lambda q, k, v, b: local_attention(q, k, v, grid, window, shift=shift, bias=b, backend=backend), inputs)
     want = second_derivatives(
@@ -588,25 +608,11 @@ def dense_bias(heads, grid, window, dtype=torch.float64, device="cpu"):
     return torch.randn(heads, slots, slots, dtype=dtype, device=device, requires_grad=True)
 
 
-def dense_backends():
-    """The backends that take a dense bias so far."""
-    return [p for p in backend_params() if p.values[0] in ("torch", "cpu")]
-
-
 @pytest.mark.parametrize("grid,window,shift", DENSE_CASES)
 def test_reference_with_dense_bias_equals_dense_masked_attention(grid, window, shift):
     """The reference's partition slots against slots computed from coordinates: forward and every
     gradient, the bias's included."""
-    N, heads = math.prod(grid), 2
-    q, k, v = (torch.randn(2, N, heads, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
-    bias = dense_bias(heads, grid, window)
-    clipped, used_shift = clip_window(grid, window), clip_shift(grid, window, shift)
-    got = reference.local_attention(q, k, v, grid, clipped, 0.4, shift=used_shift, bias=bias)
-    want = dense_local_attention(q, k, v, grid, clipped, used_shift, bias, 0.4)
-    torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
-    dout = torch.randn_like(got)
-    for g, w in zip(torch.autograd.grad(got, (q, k, v, bias), dout), torch.autograd.grad(want, (q, k, v, bias), dout)):
-        torch.testing.assert_close(g, w, atol=1e-12, rtol=1e-12)
+    check_reference_against_dense(grid, window, shift, dense_bias(2, grid, window))
 
 
 @pytest.mark.parametrize("grid,window,shift", DENSE_CASES[:3])
@@ -638,13 +644,7 @@ def test_dense_bias_equals_swin_roll_partition_on_a_divisible_grid():
         t = t.view(n[0], window[0], n[1], window[1], n[2], window[2], *t.shape[3:]).permute(0, 2, 4, 6, 1, 3, 5, 7)
         return t.reshape(-1, t.shape[4], T, t.shape[-1])
 
-    region = torch.zeros(grid)
-    count = 0
-    for a in (slice(0, -window[0]), slice(-window[0], -shift[0]), slice(-shift[0], None)):
-        for b in (slice(0, -window[1]), slice(-window[1], -shift[1]), slice(-shift[1], None)):
-            for c in (slice(0, -window[2]), slice(-window[2], -shift[2]), slice(-shift[2], None)):
-                region[a, b, c] = count
-                count += 1
+    region = swin_regions(grid, window, shift)
     # the region labels are those of the rolled grid's tokens already
     labels = windows(region.view(1, N, 1, 1).expand(1, N, heads, 1), roll=False)[:, 0, :, 0]  # (windows, T)
     mask = labels[:, None, :, None] == labels[:, None, None, :]
@@ -669,25 +669,11 @@ def test_dense_bias_gathered_from_a_table_equals_the_table():
 @pytest.mark.parametrize("grid,window,shift", DENSE_CASES)
 @pytest.mark.parametrize("backend,device,dtype", backend_dtype_params())
 def test_dense_bias_matches_reference(backend, device, dtype, grid, window, shift, poison_empty):
-    if backend not in ("torch", "cpu"):
-        pytest.skip("the dense bias is not wired into this backend yet")
     require(backend, device, dtype, 16)
-    N, heads = math.prod(grid), 2
-    q, k, v = attention_inputs(2, N, N, heads, 16, dtype, device, "packed")
-    bias = dense_bias(heads, grid, window, dtype, device)
-    dout = torch.randn(2, N, heads, 16, dtype=dtype, device=device)
-    clipped, used = clip_window(grid, window), clip_shift(grid, window, shift)
-
-    def ref(q, k, v, bias, **kw):
-        return reference.local_attention_with_lse(q, k, v, grid, clipped, shift=used, bias=bias, **kw)[0]
-
-    check_op(
-        run_local(backend, grid, window, shift=shift), ref, (q, k, v, bias), dout, dtype,
-        ("out", "dq", "dk", "dv", "dbias"), lowp_fn=lambda *t: ref(*t, compute_dtype=dtype),
-    )
+    check_shift_and_bias(backend, device, dtype, grid, window, shift, dense_bias(2, grid, window, dtype, device))
 
 
-@pytest.mark.parametrize("backend,device", dense_backends())
+@pytest.mark.parametrize("backend,device", backend_params())
 def test_dense_bias_strided_float32_with_half_inputs(backend, device):
     """A float32 dense bias read through strides (a transposed view) with fp16/bf16 activations."""
     dtype = torch.bfloat16 if backend in ("cpu", "torch") else torch.float16
@@ -705,7 +691,7 @@ def test_dense_bias_strided_float32_with_half_inputs(backend, device):
     torch.testing.assert_close(dleaf.permute(2, 1, 0).double(), want, atol=0.05 * want.abs().max().item(), rtol=0)
 
 
-@pytest.mark.parametrize("backend,device", dense_backends())
+@pytest.mark.parametrize("backend,device", backend_params())
 def test_dense_bias_gradient_is_deterministic_and_thread_count_independent(backend, device):
     require(backend, device)
     grid, window, shift = (4, 7, 6), (2, 3, 4), (1, 1, 2)
@@ -728,7 +714,7 @@ def test_dense_bias_gradient_is_deterministic_and_thread_count_independent(backe
             assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("backend,device", dense_backends())
+@pytest.mark.parametrize("backend,device", backend_params())
 def test_non_finite_dense_bias_entry_stays_in_its_slot_pair(backend, device):
     """A NaN at bias[h, i, j] reaches, in the output, only head h's queries at slot i of the windows
     holding slot j too, and in the bias gradient only row (h, i) (those queries' probabilities)."""
@@ -753,40 +739,6 @@ def test_non_finite_dense_bias_entry_stays_in_its_slot_pair(backend, device):
     assert bad[1, i].any() and not bad[0].any() and not bad[1, :i].any() and not bad[1, i + 1:].any()
 
 
-@pytest.mark.parametrize("backend,device", dense_backends())
-def test_opcheck_with_dense_bias(backend, device):
-    require(backend, device)
-    grid, window, shift, scale = [3, 4, 5], [2, 3, 2], [1, 2, 1], 0.25
-    q, k, v = (t.detach() for t in attention_inputs(2, 60, 60, 2, 16, torch.float32, device, "heads_first"))
-    bias = torch.randn(2, 12, 12, device=device)
-    out, lse = ops.local_attn_fwd(q, k, v, grid, window, shift, bias, scale, backend)
-    torch.library.opcheck(ops.local_attn_fwd, (q, k, v, grid, window, shift, bias, scale, backend))
-    torch.library.opcheck(ops.local_attn_bwd,
-                          (torch.randn_like(out), q, k, v, out, lse, grid, window, shift, bias, scale, True, backend))
-
-
-@pytest.mark.parametrize("backend,device", dense_backends())
-def test_compile_fullgraph_dynamic_with_dense_bias(backend, device):
-    require(backend, device)
-    torch._dynamo.reset()
-    counter = CompileCounterWithBackend("inductor")
-
-    def local(q, k, v, grid, bias):
-        return local_attention(q, k, v, grid, (2, 2, 3), shift=(1, 1, 1), bias=bias, backend=backend)
-
-    compiled = torch.compile(local, backend=counter, fullgraph=True, dynamic=True)
-    for B, grid in ((6, (3, 4, 5)), (7, (4, 6, 5)), (9, (5, 4, 7))):
-        q, k, v = attention_inputs(B, math.prod(grid), math.prod(grid), 2, 16, torch.float32, device, "packed")
-        bias = torch.randn(2, 12, 12, device=device, requires_grad=True)
-        dout = torch.randn(q.shape, device=device)
-        got, want = compiled(q, k, v, grid, bias), local(q, k, v, grid, bias)
-        torch.testing.assert_close(got, want)
-        for g, w in zip(torch.autograd.grad(got, (q, k, v, bias), dout),
-                        torch.autograd.grad(want, (q, k, v, bias), dout)):
-            torch.testing.assert_close(g, w)
-    assert counter.frame_count == 1, f"recompiled: {counter.frame_count} frames for 3 shapes"
-
-
 @pytest.mark.parametrize("backend,device,dtype", backend_dtype_params(dtypes=(torch.float64,)))
 def test_gradcheck_float64_with_dense_bias(backend, device, dtype):
     require(backend, device, dtype)
@@ -797,21 +749,7 @@ def test_gradcheck_float64_with_dense_bias(backend, device, dtype):
         lambda q, k, v, b: local_attention(q, k, v, grid, window, shift=shift, bias=b, backend=backend), (q, k, v, bias))
 
 
-@pytest.mark.parametrize("backend,device", dense_backends())
-def test_second_derivatives_with_dense_bias(backend, device):
-    require(backend, device, torch.float64)
-    grid, window, shift = (2, 3, 4), (2, 2, 3), (0, 1, 2)
-    q, k, v = (t.detach().requires_grad_(True) for t in attention_inputs(1, 24, 24, 2, 4, torch.float64, device, "contiguous"))
-    inputs = (q, k, v, torch.randn(2, 12, 12, dtype=torch.float64, device=device, requires_grad=True))
-    got = second_derivatives(
-        lambda q, k, v, b: local_attention(q, k, v, grid, window, shift=shift, bias=b, backend=backend), inputs)
-    want = second_derivatives(
-        lambda q, k, v, b: dense_local_attention(q, k, v, grid, window, (0, 1, 2), b), inputs)
-    for g, w in zip(got, want):
-        torch.testing.assert_close(g, w)
-
-
-@pytest.mark.parametrize("backend,device", dense_backends())
+@pytest.mark.parametrize("backend,device", backend_params())
 def test_flop_counter_is_the_same_with_a_dense_bias(backend, device):
     require(backend, device)
     grid, window, shift = (3, 5, 7), (2, 2, 3), (1, 1, 1)

@@ -6,8 +6,9 @@
   SwinTransformerBlock, 3-D, shifted and not, against ours holding the same weights: forward and the
   gradients of the input and of every parameter, float64, on grids where the semantics agree
   (divisible grids; non-divisible ones with zero_pad=True; windows clipped on the leading axis).
-- Where they do not agree (MONAI's [:n, :n] bias slice on other clipped windows): MONAI differs,
-  ours warns and equals the dense reference with the tokens' real offsets.
+- Windows clipped to a smaller grid: by default ours equals MONAI there too (its [:n, :n] bias slice
+  passed as the op's dense bias); with true_offsets=True ours warns where that slice is not the real
+  offsets, and equals the dense reference with the tokens' real offsets.
 - A SwinUNETR with swapped attention against the original, forward and backward.
 - Our own float64 tests of shift and bias on non-divisible grids against tests/dense_reference.py.
 """
@@ -184,19 +185,36 @@ def test_without_zero_pad_border_windows_differ_from_monai(grid, window):
     assert (ours(x) - monai_block_forward(theirs, x)).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("grid,window,differs", [
-    ((2, 6, 4), (4, 3, 2), False),  # leading axis clipped: MONAI's slice is right
+CLIPPED = [
+    ((2, 6, 4), (4, 3, 2), False),  # leading axis clipped: MONAI's slice is the real offsets
     ((1, 2, 5), (4, 3, 5), False),  # clipped axes after length-1 clipped axes only
     ((6, 2, 6), (7, 3, 7), True),   # clipped on every axis (SwinUNETR's last stage at 96^3)
     ((4, 2, 4), (4, 3, 4), True),   # a middle axis clipped after a full leading axis
-])
-def test_clipped_windows_monai_slice(grid, window, differs):
-    """`monai_bias_differs` says where MONAI's relative_position_index[:n, :n] is wrong; there MONAI's
-    block differs from ours, ours warns and equals the dense reference with the real offsets;
-    elsewhere the two agree and nothing warns."""
+    ((6, 6, 6), (7, 7, 7), True),   # the 96^3 SwinUNETR's last stage itself (window 7 on 6^3 tokens)
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("grid,window,differs", CLIPPED)
+def test_clipped_windows_equal_monai_by_default(backend, grid, window, differs):
+    """By default a clipped window gets MONAI's relative_position_index[:n, :n] bias (the op's dense
+    bias): the block equals MONAI's, forward and every gradient, and nothing warns."""
     assert monai_bias_differs(grid, window) == differs
     theirs = monai_block(window, (0, 0, 0))
-    ours = SwinBlock3D.from_monai(copy.deepcopy(theirs))
+    ours = SwinBlock3D.from_monai(copy.deepcopy(theirs), backend=backend)
+    x = torch.randn(2, *grid, DIM, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        compare_modules(ours, theirs, ours, lambda t: monai_block_forward(theirs, t), x)
+
+
+@pytest.mark.parametrize("grid,window,differs", CLIPPED)
+def test_clipped_windows_with_true_offsets(grid, window, differs):
+    """The opt-in: `monai_bias_differs` says where MONAI's relative_position_index[:n, :n] is not the
+    real offsets; there the block warns and differs from MONAI, and it always equals the dense
+    reference with the tokens' real offsets."""
+    theirs = monai_block(window, (0, 0, 0))
+    ours = SwinBlock3D.from_monai(copy.deepcopy(theirs), true_offsets=True)
     x = torch.randn(1, *grid, DIM, dtype=torch.float64)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -267,6 +285,29 @@ def test_swapped_swin_transformer_equals_original_float64():
     want = torch.autograd.grad(loss(outs_original), list(original.parameters()))
     for name, g, w in zip(names, got, want):
         assert_matches(f"grad of {name}", g, w, torch.float64)
+
+
+def test_swapped_swin_transformer_with_clipped_stages_equals_original_float64():
+    """Window 3 on 32^3 inputs: stages of 16^3 and 4^3 tokens zero-padded to whole windows, and a
+    last stage of 2^3 clipped on every axis, where MONAI's [:n, :n] bias slice is not the real
+    offsets (the case of the 96^3 SwinUNETR's last stage, smaller). The swap's default computes MONAI's function:
+    every feature map within 1e-10 (float64), and every parameter's gradient."""
+    model = SwinUNETR(in_channels=1, out_channels=2, feature_size=12, window_size=(3, 3, 3),
+                      norm_name=("group", {"num_groups": 3}))
+    original = randomize(model.swinViT).double()
+    swapped = swap_monai_attention(copy.deepcopy(original))
+    x = torch.randn(1, 1, 32, 32, 32, dtype=torch.float64)
+    outs_swapped, outs_original = swapped(x), original(x)
+    for i, (a, b) in enumerate(zip(outs_swapped, outs_original)):
+        assert (a - b).abs().max().item() <= 1e-10 * max(1.0, b.abs().max().item()), f"feature map {i}"
+    weights = [torch.randn_like(o) for o in outs_original]
+    got = torch.autograd.grad(sum((w * o).sum() for w, o in zip(weights, outs_swapped)), list(swapped.parameters()))
+    want = torch.autograd.grad(sum((w * o).sum() for w, o in zip(weights, outs_original)), list(original.parameters()))
+    for (name, _), g, w in zip(original.named_parameters(), got, want):
+        assert_matches(f"grad of {name}", g, w, torch.float64)
+    opted = swap_monai_attention(copy.deepcopy(original), true_offsets=True)
+    with pytest.warns(UserWarning, match="true_offsets=True"):
+        assert (opted(x)[-1] - outs_original[-1]).abs().max() > 1e-6
 
 
 def test_swapped_swin_unetr_equals_original():

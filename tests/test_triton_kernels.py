@@ -152,14 +152,19 @@ SHIFT_BIAS_CASES = [
 ]
 
 
-def make_inputs(grid, window, heads, head_dim, dtype, bias_dtype):
+def make_inputs(grid, window, heads, head_dim, dtype, bias_dtype, dense=False):
     """q, k, v (2, N, heads, d) as strided views of one projection, the upstream gradient, and a
-    (heads, 2f-1, 2h-1, 2w-1) bias table of the user's (unclipped) window."""
+    (heads, 2f-1, 2h-1, 2w-1) bias table of the user's (unclipped) window, or with `dense` a dense
+    (heads, T, T) bias of the clipped window, read through a transposed view."""
     N = math.prod(grid)
     qkv = torch.randn(2, N, 3, heads, head_dim, dtype=dtype, device=DEVICE)
     q, k, v = qkv.unbind(2)
     dout = torch.randn(2, N, heads, head_dim, dtype=dtype, device=DEVICE)
-    bias = torch.randn(heads, *(2 * n - 1 for n in window), dtype=bias_dtype, device=DEVICE)
+    if dense:
+        slots = math.prod(clip_window(grid, window))
+        bias = torch.randn(heads, slots, slots, dtype=bias_dtype, device=DEVICE).transpose(1, 2)
+    else:
+        bias = torch.randn(heads, *(2 * n - 1 for n in window), dtype=bias_dtype, device=DEVICE)
     return q, k, v, dout, bias
 
 
@@ -176,9 +181,10 @@ def run_kernels(q, k, v, dout, bias, grid, window, shift, bias_grad=True):
     return out, lse, grads
 
 
-def check_shift_bias(grid, user_window, user_shift, heads, head_dim, dtype, with_bias=True, bias_dtype=None):
+def check_shift_bias(grid, user_window, user_shift, heads, head_dim, dtype, with_bias=True, bias_dtype=None,
+                     dense=False):
     window, shift = clip_window(grid, user_window), clip_shift(grid, user_window, user_shift)
-    q, k, v, dout, bias = make_inputs(grid, user_window, heads, head_dim, dtype, bias_dtype or dtype)
+    q, k, v, dout, bias = make_inputs(grid, user_window, heads, head_dim, dtype, bias_dtype or dtype, dense)
     bias = bias if with_bias else None
     out, lse, (dq, dk, dv, dbias) = run_kernels(q, k, v, dout, bias, grid, window, shift)
     assert out.is_contiguous() and lse.dtype == torch.float32 and lse.shape == (2, heads, math.prod(grid))
@@ -209,6 +215,25 @@ def test_shift_and_bias_fp32(grid, window, shift, heads, head_dim, plan, poison_
 def test_shift_and_bias_fp16(bias_dtype, poison_empty):
     """fp16 inputs, the bias in the input dtype or in fp32: at most twice PyTorch's own fp16 error."""
     check_shift_bias((4, 6, 7), (2, 3, 3), (1, 1, 2), 2, 16, torch.float16, bias_dtype=bias_dtype)
+
+
+@pytest.mark.parametrize("grid,window,shift,heads,head_dim,plan", [SHIFT_BIAS_CASES[i] for i in (0, 2, 3, 4)])
+def test_shift_and_dense_bias_fp32(grid, window, shift, heads, head_dim, plan, poison_empty):
+    """A dense (heads, T, T) bias, strided, on every tiling: packed, one tile, several key tiles."""
+    check_shift_bias(grid, window, shift, heads, head_dim, torch.float32, dense=True)
+
+
+def test_dense_bias_fp16_with_fp32_bias(poison_empty):
+    check_shift_bias((4, 6, 7), (2, 3, 3), (1, 1, 2), 2, 16, torch.float16, bias_dtype=torch.float32, dense=True)
+
+
+def test_dense_dbias_is_bitwise_deterministic(poison_empty):
+    grid, window, shift = (4, 6, 7), (2, 3, 3), (1, 1, 2)
+    q, k, v, dout, bias = make_inputs(grid, window, 2, 16, torch.float32, torch.float32, dense=True)
+    out, lse = local_attn.local_attn_fwd(q, k, v, grid, window, shift, bias, SCALE)
+    first, second = (local_attn.local_attn_bwd(dout, q, k, v, out, lse, grid, window, shift, bias, SCALE, True)[3]
+                     for _ in range(2))
+    assert first.shape == bias.shape and torch.equal(first, second)
 
 
 def test_shift_without_bias(poison_empty):
@@ -262,6 +287,8 @@ def test_offset_sums_match_a_loop():
     ((0, 1, 1), (2, 3, 3, 5), "bias must be"),
     ((0, 1, 1), (3, 3, 5, 5), "bias must be"),
     ((0, 1, 1), (2, 3, 6, 5), "bias must be"),
+    ((0, 1, 1), (2, 18, 17), r"a dense bias must be \(heads, T, T\) = \(2, 18, 18\)"),
+    ((0, 1, 1), (3, 18, 18), r"a dense bias must be \(heads, T, T\) = \(2, 18, 18\)"),
 ])
 def test_bad_shift_or_bias_table_is_refused(shift, bias_shape, match):
     grid, window = (2, 6, 6), (2, 3, 3)

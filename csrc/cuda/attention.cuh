@@ -26,24 +26,30 @@ constexpr int kRowsPerWarp = 4;                       // owned rows per warp
 constexpr int kOwnedRows = kWarps * kRowsPerWarp;     // owned rows per block
 
 // Problem p of a batch is window p (shifted or not): its tokens are both the queries and the keys.
-// With a bias, pair (query i, key j) of head h adds the table entry at centre - position_i +
-// position_j (kernel_args.h), times log2(e) since these kernels score in base 2.
+// With a table, pair (query i, key j) of head h adds the entry at centre - position_i + position_j
+// (kernel_args.h); with a dense bias (dense = T), entry position_i * T + position_j, positions being
+// slots; times log2(e) since these kernels score in base 2.
 struct LocalSet {
   Window window;
   OffsetBox box;
-  const float* bias;  // this head's table, or null
+  SlotIndex slots;
+  int64_t dense;
+  const float* bias;  // this head's table or dense bias, or null
   int64_t queries, keys;
   __device__ LocalSet(const AttnArgs& a, int64_t p, int64_t h)
-      : window(partition(a), p), box(a.window),
-        bias(a.bias ? static_cast<const float*>(a.bias) + h * box.size : nullptr) {
+      : window(partition(a), p), box(a.window), slots(a.window), dense(a.bias_slots),
+        bias(a.bias ? static_cast<const float*>(a.bias) + h * bias_grad_entries(a) : nullptr) {
     queries = keys = window.tokens();
   }
   __device__ __forceinline__ int64_t query(int64_t i) const { return window.token(i); }
   __device__ __forceinline__ int64_t key(int64_t j) const { return window.token(j); }
-  // Token i's position in the offset box (0 without a bias: unused).
-  __device__ __forceinline__ int64_t position(int64_t i) const { return bias ? window.position(i, box) : 0; }
+  // Token i's position in the offset box, or its dense-bias slot (0 without a bias: unused).
+  __device__ __forceinline__ int64_t position(int64_t i) const {
+    return !bias ? 0 : dense ? window.slot(i, slots) : window.position(i, box);
+  }
   __device__ __forceinline__ float pair_bias(int64_t query_position, int64_t key_position) const {
-    return bias ? bias[box.centre - query_position + key_position] * kLog2e : 0.f;
+    if (!bias) return 0.f;
+    return bias[dense ? query_position * dense + key_position : box.centre - query_position + key_position] * kLog2e;
   }
   __host__ __device__ static WindowPartition partition(const AttnArgs& a) {
     return WindowPartition(a.grid, a.window, a.shift);

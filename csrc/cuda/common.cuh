@@ -55,10 +55,11 @@ __host__ __device__ __forceinline__ int64_t ceil_div(int64_t a, int64_t b) { ret
 // shifted or not: its first token's coordinates and its size, clipped at the grid's border.
 struct Window {
   int64_t origin[3], size[3], grid[3];
+  int64_t lead[3];  // how far the origin lies past the nominal window's start (a leading partial window)
 
   __host__ __device__ Window(const WindowPartition& partition, int64_t index) {
     int64_t lo[3], hi[3];
-    partition.segments(index, lo, hi);
+    partition.segments(index, lo, hi, lead);
     for (int axis = 0; axis < 3; ++axis) {
       grid[axis] = partition.axis[axis].size, origin[axis] = lo[axis], size[axis] = hi[axis] - lo[axis];
     }
@@ -86,6 +87,12 @@ struct Window {
     int c[3];
     coords(i, c);
     return box.position(c[0], c[1], c[2]);
+  }
+  // The window's i-th token's slot in a dense (heads, T, T) bias (its place in the nominal window).
+  __device__ __forceinline__ int64_t slot(int64_t i, const SlotIndex& slots) const {
+    int c[3];
+    coords(i, c);
+    return slots.position(c[0] + lead[0], c[1] + lead[1], c[2] + lead[2]);
   }
 };
 

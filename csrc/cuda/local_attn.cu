@@ -4,7 +4,8 @@
 // The bias gradient is summed by offset without atomics: a block per (batch, window, head) in
 // which each thread owns some entries of the offset box and recomputes dS = P (dP - delta) of the
 // pairs at its offsets, in query order, into the block's own partial table; a second kernel adds
-// the partials over batch and windows, in that order, per (head, entry). Same bits on every run.
+// the partials over batch and windows, in that order, per (head, entry). Same bits on every run. A
+// dense bias's gradient has a thread per (head, slot pair) walking every window in order instead.
 #include "attention.cuh"
 #include "kernels.h"
 
@@ -68,6 +69,52 @@ __global__ void __launch_bounds__(kThreads) local_dbias_reduce_kernel(const Attn
   static_cast<float*>(a.dbias)[x] = sum;
 }
 
+// A dense bias's gradient: dbias[h][i][j] = sum over (b, w) in order of dS of the pair of window w
+// whose query sits at slot i and key at slot j (if both slots hold a token there); a thread per
+// (h, i, j), so every entry has one writer and no partials are needed.
+template <typename T> __global__ void __launch_bounds__(kThreads) local_dense_dbias_kernel(const AttnArgs a) {
+  const int64_t slots = a.bias_slots, x = int64_t(blockIdx.x) * kThreads + threadIdx.x;
+  if (x >= a.heads * slots * slots) return;
+  const int64_t h = x / (slots * slots), i = x / slots % slots, j = x % slots;
+  const WindowPartition partition = LocalSet::partition(a);
+  const SlotIndex index(a.window);
+  const int64_t slot_of[2] = {i, j};
+  int64_t nominal[2][3];  // the two slots' coordinates in the nominal window
+  for (int s = 0; s < 2; ++s)
+    for (int axis = 0; axis < 3; ++axis) nominal[s][axis] = slot_of[s] / index.stride[axis] % a.window[axis];
+  const float bias = static_cast<const float*>(a.bias)[x] * kLog2e;
+  const float scale = float(a.scale) * kLog2e;
+  float sum = 0.f;
+  for (int64_t b = 0; b < a.batch; ++b) {
+    const Rows<const T> q = slice<const T>(a.q, b, h), k = slice<const T>(a.k, b, h);
+    const Rows<const T> v = slice<const T>(a.v, b, h), dout = slice<const T>(a.dout, b, h);
+    const float* lse = static_cast<const float*>(a.lse) + (b * a.heads + h) * a.q_tokens;
+    const float* delta = static_cast<const float*>(a.delta) + (b * a.heads + h) * a.q_tokens;
+    for (int64_t w = 0; w < partition.windows(); ++w) {
+      const Window window(partition, w);
+      int c[2][3];
+      bool inside = true;
+      for (int s = 0; s < 2; ++s)
+        for (int axis = 0; axis < 3; ++axis) {
+          const int64_t local = nominal[s][axis] - window.lead[axis];
+          inside = inside && local >= 0 && local < window.size[axis];
+          c[s][axis] = int(local);
+        }
+      if (!inside) continue;
+      const int64_t qi = window.token_at(c[0]), kj = window.token_at(c[1]);
+      const T *qr = q.row(qi), *kr = k.row(kj), *gr = dout.row(qi), *vr = v.row(kj);
+      float s = 0.f, dp = 0.f;
+      for (int64_t col = 0; col < a.head_dim; ++col) {
+        s = fmaf(to_float(qr[col]), to_float(kr[col]), s);
+        dp = fmaf(to_float(gr[col]), to_float(vr[col]), dp);
+      }
+      const float p = exp2f(s * scale + bias - lse[qi] * kLog2e);
+      sum = fmaf(p, dp - delta[qi], sum);
+    }
+  }
+  static_cast<float*>(a.dbias)[x] = sum;
+}
+
 }  // namespace
 
 cudaError_t local_attn_fwd(const AttnArgs& a, cudaStream_t stream) { return attention_fwd<LocalSet>(a, stream); }
@@ -77,6 +124,9 @@ cudaError_t local_attn_bwd(const AttnArgs& a, cudaStream_t stream) {
   if (error != cudaSuccess || !a.dbias) return error;
   return dispatch_dtype(a.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
+    if (a.bias_slots)
+      return launch<kThreads>(local_dense_dbias_kernel<T>, ceil_div(a.heads * a.bias_slots * a.bias_slots, kThreads),
+                              0, stream, a);
     const int64_t items = a.batch * LocalSet::problems(a), box = OffsetBox(a.window).size;
     const cudaError_t partial_error =
         launch<kThreads>(local_dbias_partial_kernel<T>, items * a.heads, 0, stream, a);
