@@ -1,7 +1,8 @@
 """The import directions of docs/architecture.md, read from the source (ast), so a new import that
 breaks the layering fails here:
 
-    application (logo_attn.logoformer) -> layers (layers, baselines, swin) -> context parallelism
+    application (logo_attn.logoformer) -> client swaps (swap_torchvision, swap_timm) -> their shared
+    body (client_attention) -> layers (layers, baselines, swin) -> context parallelism
     (distributed) -> ops -> dispatcher (backends)
     -> backends (reference, _cpp, kernels) -> shared leaves (geometry, checks, flops)
 
@@ -18,6 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS = {
     "logo_attn.logoformer": 6,
     "logo_attn.train": 7, "logo_attn.evaluate": 7,  # the command-line entry points, above the application
+    # the client swaps reuse the Swin layer's pieces through their shared body
+    "logo_attn.swap_torchvision": 5.7, "logo_attn.swap_timm": 5.7, "logo_attn.client_attention": 5.5,
     "logo_attn.layers": 5, "logo_attn.baselines": 5, "logo_attn.swin": 5,
     "logo_attn.distributed": 4.5,  # context parallelism: uses the ops, used by the layers
     "logo_attn.ops": 4,
@@ -111,5 +114,16 @@ def test_importing_the_library_does_not_load_the_application():
     import sys
 
     code = "import sys, logo_attn; print(sorted(m for m in sys.modules if 'logoformer' in m))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out
+
+
+def test_importing_the_library_does_not_import_the_swap_clients():
+    """The swaps import torchvision / timm (and MONAI) inside themselves, when called."""
+    import subprocess
+    import sys
+
+    code = ("import sys, logo_attn; print(sorted(m for m in sys.modules "
+            "if m.split('.')[0] in ('torchvision', 'timm', 'monai')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", out
