@@ -68,9 +68,12 @@ def has_nonfinite(x):
 
 
 # Which bias a kernel adds (its HAS_BIAS flag): none, a relative-position table, a dense slot-pair bias.
+# The launchers pass these ints; compiled jit code reads a global only as a tl.constexpr (the
+# interpreter reads any global, so only the sm_90 compile test sees the difference), hence the mirror.
 NO_BIAS = 0
 TABLE_BIAS = 1
 DENSE_BIAS = 2
+_DENSE_BIAS = tl.constexpr(DENSE_BIAS)
 
 
 @triton.jit
@@ -80,7 +83,7 @@ def bias_scores(bias_base, q_rel, k_rel, pair_mask, bias_centre, HAS_BIAS: tl.co
     k_rel (rel: a slot's coordinates times the table's strides). DENSE_BIAS: the entry at
     q_rel * bias_centre + k_rel of a contiguous (T, T) head (rel: the slot's dense-bias index;
     bias_centre: the row length T). Nothing without HAS_BIAS."""
-    if HAS_BIAS == DENSE_BIAS:
+    if HAS_BIAS == _DENSE_BIAS:
         offsets = q_rel[:, None] * bias_centre + k_rel[None, :]
         return tl.load(bias_base + offsets, mask=pair_mask, other=0.0).to(tl.float32) * LOG2E
     elif HAS_BIAS:

@@ -1,4 +1,8 @@
-"""The documentation runs: every ```python block of README.md, and every script in examples/."""
+"""The documentation runs: every ```python block of README.md, and every script in examples/.
+
+A ```py block is a fragment that needs what this process lacks (torchvision or timm, a process
+group); what it shows runs in tests/test_swap_torchvision.py, test_swap_timm.py and
+test_context_parallel.py."""
 
 import re
 import subprocess

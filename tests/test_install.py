@@ -381,3 +381,14 @@ def test_this_install_matches_its_build_record():
     assert status.loaded == (record["extension"] == "built"), status
     if os.environ.get("LOGO_ATTN_FORCE_CPP", "0") not in ("", "0"):
         assert status.loaded and status.problem is None, status.problem
+
+
+def test_pyproject_lists_every_subpackage():
+    """A non-editable install holds only the packages pyproject names: a subpackage left out imports
+    from the checkout in development and is missing for users (caught late twice: ops/, distributed/)."""
+    tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Python 3.11's tomllib")
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "logo_attn").rglob("__init__.py")}
+    found.add("logo_attn.kernels")  # installed from kernels/ (package-dir)
+    assert found <= listed, f"pyproject.toml's packages lack {sorted(found - listed)}"
