@@ -99,9 +99,11 @@ def config_pruner(registers, shared, loops_over_keys: bool, packed_extra=lambda 
             if kwargs.get("WINDOWS_PER_GROUP", 1) > 1:
                 values += packed_extra(block_q, block_k, block_d, nbytes)
             if has_bias:
-                # the gathered bias: a 64-bit address tile, int32 table offsets and a score tile per
-                # pipeline stage (fitted to ptxas's counts for sm_90, tests/test_triton_kernels.py)
-                values += (3 + config.num_stages) * block_q * block_k
+                # the gathered bias: a 64-bit address tile, int32 table offsets, the slot coordinates
+                # both tiles carry from the nominal window's start, and a score tile per pipeline
+                # stage (fitted to ptxas's counts for sm_90, tests/test_triton_kernels.py: at 3 + stages
+                # the bf16 d = 128 forward at BLOCK_Q 32, BLOCK_K 64, 4 warps spilled 152 bytes)
+                values += (5 + config.num_stages) * block_q * block_k
             return values / (32 * config.num_warps)
 
         kept = [
