@@ -3,6 +3,8 @@
 #pragma once
 
 #include <initializer_list>
+#include <numeric>
+#include <vector>
 
 #include "attention_tile.h"
 #include "kernels.h"
@@ -35,6 +37,18 @@ template <typename T> LOGO_INLINE Rows<T> slice(const Tensor4& t, int64_t b, int
 // This (batch, head)'s q_tokens log-sum-exp values.
 template <typename A> LOGO_INLINE A* lse_slice(const AttnArgs& a, int64_t b, int64_t h) {
   return static_cast<A*>(a.lse) + (b * a.heads + h) * a.q_tokens;
+}
+
+// Partial dK (then dV) sums of split s of (b, h): k_tokens x head_dim each, in the accumulation type.
+template <typename A> LOGO_INLINE A* partial_slice(const AttnArgs& a, int64_t bh, int64_t s) {
+  return static_cast<A*>(a.partial) + ((bh * a.splits + s) * 2) * a.k_tokens * a.head_dim;
+}
+
+// 0, 1, ..., n - 1: the token indices of a contiguous range are offsets into this.
+inline std::vector<int64_t> iota(int64_t n) {
+  std::vector<int64_t> ids(n);
+  std::iota(ids.begin(), ids.end(), int64_t(0));
+  return ids;
 }
 
 // The rows a task of (batch b, head h) touches, for prefetching: rows ids[0..n) of every tensor in

@@ -17,7 +17,9 @@
 #include <memory>
 #include <new>
 
-#include "attention_tile.h"
+#include <vector>
+
+#include "dispatch.h"
 
 namespace logo_attn::cpu {
 
@@ -72,6 +74,21 @@ struct FewKeyPanels {
       }
   }
 };
+
+// Rows of each head of batch element b of t.
+template <typename T> void head_rows(const Tensor4& t, int64_t b, int64_t heads, std::vector<Rows<const T>>& rows) {
+  rows.resize(heads);
+  for (int64_t h = 0; h < heads; ++h) rows[h] = slice<const T>(t, b, h);
+}
+
+// Calls FN<VB, CH, T> for the number CH of 8-key chunks that a.k_tokens (<= kFewKeys) needs.
+#define LOGO_ATTN_SWITCH_CHUNKS(FN, ...)                          \
+  switch ((a.k_tokens + kKeyLanes - 1) / kKeyLanes) {             \
+    case 1: return FN<VB, 1, T>(__VA_ARGS__);                     \
+    case 2: return FN<VB, 2, T>(__VA_ARGS__);                     \
+    case 3: return FN<VB, 3, T>(__VA_ARGS__);                     \
+    default: return FN<VB, 4, T>(__VA_ARGS__);                    \
+  }
 
 // dst[r][c] = scale * src.row(n0 + r)[c] for the `rows` rows of a group, zero rows after them (their
 // results are computed and dropped: zeros keep them finite and their gradient shares exactly zero).
