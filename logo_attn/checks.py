@@ -35,6 +35,9 @@ def as_int(value: object, name: str) -> int:
 
 def as_triple(value: object, name: str, meaning: str, minimum: int = 1) -> tuple[int, int, int]:
     """Three ints >= minimum, e.g. a grid (F, H, W) or a window (f, h, w); a 1-D NumPy array works too."""
+    if type(value) in (tuple, list) and len(value) == 3 and all(type(item) is int for item in value):
+        if min(value) >= minimum:  # the common case, without the general path's per-item checks
+            return tuple(value)
     if isinstance(value, np.ndarray) and value.ndim == 1:
         value = tuple(value)
     if isinstance(value, (Tensor, str, bytes)) or not isinstance(value, Sequence) or len(value) != 3:

@@ -15,7 +15,7 @@ from torch.utils.flop_counter import register_flop_formula
 from .. import backends, reference
 from ..checks import as_scale, check_tensors
 from ..flops import attention_flops
-from .common import check_attention_shapes, differentiable_backward, distinct, lse_like
+from .common import apply, check_attention_shapes, differentiable_backward, distinct, lse_like
 
 __all__ = ["global_attention", "GlobalAttnFunction"]
 
@@ -92,7 +92,7 @@ def global_attention(
     check_attention_shapes(op, q, k, v)
     backends.check_name(backend)
     q, k, v = distinct(q, k, v)
-    out, _ = GlobalAttnFunction.apply(q, k, v, as_scale(scale, q.shape[-1], op), backend)
+    out, _ = apply(GlobalAttnFunction, q, k, v, as_scale(scale, q.shape[-1], op), backend)
     return out
 
 

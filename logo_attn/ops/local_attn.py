@@ -20,7 +20,7 @@ from .. import backends, reference
 from ..checks import as_grid, as_scale, as_shift, as_window, check_tensors
 from ..flops import attention_flops
 from ..geometry import NO_SHIFT, attended_pairs, bias_table_shape, clip_shift, clip_window
-from .common import check_attention_shapes, differentiable_backward, distinct, lse_like
+from .common import apply, check_attention_shapes, differentiable_backward, distinct, lse_like
 
 __all__ = ["local_attention", "LocalAttnFunction"]
 
@@ -160,8 +160,8 @@ def local_attention(
         _check_bias(op, bias, q, grid, asked)
     backends.check_name(backend)
     q, k, v, bias = distinct(q, k, v, bias)
-    out, _ = LocalAttnFunction.apply(q, k, v, list(grid), list(window), list(shift), bias,
-                                     as_scale(scale, q.shape[-1], op), backend)
+    out, _ = apply(LocalAttnFunction, q, k, v, list(grid), list(window), list(shift), bias,
+                   as_scale(scale, q.shape[-1], op), backend)
     return out if grid_shape is None else out.unflatten(1, grid_shape)
 
 

@@ -17,6 +17,7 @@ from torch import Tensor
 from .. import backends
 from ..checks import as_grid, as_window, check_tensors
 from ..geometry import clip_window, window_count
+from .common import apply
 
 __all__ = ["window_pool", "WindowPoolFunction"]
 
@@ -57,7 +58,7 @@ class WindowPoolFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout):
-        return WindowPoolBackward.apply(dout, *ctx.args), None, None, None
+        return apply(WindowPoolBackward, dout, *ctx.args), None, None, None
 
 
 class WindowPoolBackward(torch.autograd.Function):
@@ -74,7 +75,7 @@ class WindowPoolBackward(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, ddx):
-        return WindowPoolFunction.apply(ddx, *ctx.args), None, None, None
+        return apply(WindowPoolFunction, ddx, *ctx.args), None, None, None
 
 
 def window_pool(x: Tensor, grid: Sequence[int], window: Sequence[int], *, backend: str = "auto") -> Tensor:
@@ -98,4 +99,4 @@ def window_pool(x: Tensor, grid: Sequence[int], window: Sequence[int], *, backen
     if x.shape[1] != tokens:
         raise ValueError(f"{op}: x has {x.shape[1]} tokens but grid {grid} has F*H*W = {tokens}")
     backends.check_name(backend)
-    return WindowPoolFunction.apply(x, list(grid), list(window), backend)
+    return apply(WindowPoolFunction, x, list(grid), list(window), backend)
