@@ -16,7 +16,7 @@
 #include <limits>
 #include <memory>
 #include <new>
-
+#include <type_traits>
 #include <vector>
 
 #include "dispatch.h"
@@ -81,13 +81,16 @@ template <typename T> void head_rows(const Tensor4& t, int64_t b, int64_t heads,
   for (int64_t h = 0; h < heads; ++h) rows[h] = slice<const T>(t, b, h);
 }
 
-// Calls FN<VB, CH, T> for the number CH of 8-key chunks that a.k_tokens (<= kFewKeys) needs.
+// Calls FN<VB, CH, T> for the number CH of 8-key chunks that a.k_tokens (<= kFewKeys) needs; nothing
+// for fp64, which never takes the few-keys path (its instances are not compiled).
 #define LOGO_ATTN_SWITCH_CHUNKS(FN, ...)                          \
-  switch ((a.k_tokens + kKeyLanes - 1) / kKeyLanes) {             \
-    case 1: return FN<VB, 1, T>(__VA_ARGS__);                     \
-    case 2: return FN<VB, 2, T>(__VA_ARGS__);                     \
-    case 3: return FN<VB, 3, T>(__VA_ARGS__);                     \
-    default: return FN<VB, 4, T>(__VA_ARGS__);                    \
+  if constexpr (!std::is_same_v<T, double>) {                     \
+    switch ((a.k_tokens + kKeyLanes - 1) / kKeyLanes) {           \
+      case 1: return FN<VB, 1, T>(__VA_ARGS__);                   \
+      case 2: return FN<VB, 2, T>(__VA_ARGS__);                   \
+      case 3: return FN<VB, 3, T>(__VA_ARGS__);                   \
+      default: return FN<VB, 4, T>(__VA_ARGS__);                  \
+    }                                                             \
   }
 
 // dst[r][c] = scale * src.row(n0 + r)[c] for the `rows` rows of a group, zero rows after them (their

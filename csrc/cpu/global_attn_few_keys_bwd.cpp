@@ -1,7 +1,6 @@
 // Global attention over a few keys, backward: tasks (batch, token range), every head, each writing its
 // dQ rows and its range's dK/dV sums (the sums themselves with one range, else partials that
 // global_attn_kernel.cpp's reduction adds in range order).
-#include <type_traits>
 #include <vector>
 
 #include "dispatch.h"
@@ -51,7 +50,7 @@ LOGO_INLINE void few_keys_bwd(const AttnArgs& a, int64_t begin, int64_t end) {
 }
 
 template <int VB, typename T> LOGO_INLINE void bwd_chunks(const AttnArgs& a, int64_t begin, int64_t end) {
-  if constexpr (!std::is_same_v<T, double>) LOGO_ATTN_SWITCH_CHUNKS(few_keys_bwd, a, begin, end)  // fp64 never comes here
+  LOGO_ATTN_SWITCH_CHUNKS(few_keys_bwd, a, begin, end)
 }
 
 LOGO_ATTN_CPU_KERNEL(FewKeysBwdKernel, bwd_chunks, AttnArgs);

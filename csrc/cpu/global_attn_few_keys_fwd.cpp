@@ -1,6 +1,5 @@
 // Global attention over a few keys, forward: tasks (batch, block of kTokenBlock tokens), every head,
 // each computing its tokens' output rows and log-sum-exp group by group (few_keys.h).
-#include <type_traits>
 #include <vector>
 
 #include "dispatch.h"
@@ -33,7 +32,7 @@ LOGO_INLINE void few_keys_fwd(const AttnArgs& a, int64_t begin, int64_t end) {
 }
 
 template <int VB, typename T> LOGO_INLINE void fwd_chunks(const AttnArgs& a, int64_t begin, int64_t end) {
-  if constexpr (!std::is_same_v<T, double>) LOGO_ATTN_SWITCH_CHUNKS(few_keys_fwd, a, begin, end)  // fp64 never comes here
+  LOGO_ATTN_SWITCH_CHUNKS(few_keys_fwd, a, begin, end)
 }
 
 LOGO_ATTN_CPU_KERNEL(FewKeysFwdKernel, fwd_chunks, AttnArgs);

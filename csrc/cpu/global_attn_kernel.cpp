@@ -2,11 +2,12 @@
 //
 // Up to kFewKeys keys in fp32/bf16/fp16 (the usual case), few_keys.h's row kernels
 // (global_attn_few_keys_{fwd,bwd}.cpp): forward tasks are (batch, block of tokens) over every head,
-// backward tasks (batch, token range) over every head. With more keys, or in fp64, attention_tile.h's panels: forward tasks (batch, block of queries,
-// head), backward tasks (batch, query range, head). Backward tasks write their own dQ rows and the
-// dK/dV sums of their range; with one range per batch element (or (batch, head)) those are dK/dV,
-// else a second pass adds the ranges' partial sums in range order. Either way the result is the
-// same bitwise for any number of threads.
+// backward tasks (batch, token range) over every head. With more keys, or in fp64,
+// attention_tile.h's panels: forward tasks (batch, block of queries, head), backward tasks (batch,
+// query range, head). Backward tasks write their own dQ rows and the dK/dV sums of their range;
+// with one range per batch element (or (batch, head)) those are dK/dV, else a second pass adds the
+// ranges' partial sums in range order. Either way the result is the same bitwise for any number of
+// threads.
 #include <initializer_list>
 #include <vector>
 

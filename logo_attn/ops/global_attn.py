@@ -2,8 +2,8 @@
 
 The contract is `global_attention`'s docstring; `logo_attn.reference.global_attention` defines the
 maths; the kernels are `kernels/global_attn.py` (Triton), `csrc/cpu/global_attn_kernel.cpp` (with
-`global_attn_few_keys_{fwd,bwd}.cpp` for up to 32 keys) and `csrc/cuda/global_attn.cu`; the tests are tests/test_global_attn.py and the benchmark rows
-``bench_ops.py --ops global``.
+`global_attn_few_keys_{fwd,bwd}.cpp` for up to 32 keys) and `csrc/cuda/global_attn.cu`; the tests
+are tests/test_global_attn.py and the benchmark rows ``bench_ops.py --ops global``.
 """
 
 from __future__ import annotations
