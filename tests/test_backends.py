@@ -63,30 +63,68 @@ def test_forced_cpp_build_loaded_the_extension():
     assert available_backends()["cpu"].available, available_backends()["cpu"].reason
 
 
+def _every_op_forward_and_backward():
+    """Pooling, local and global attention (torch backend) and their gradients; the pooling
+    gradient checked against the reference's."""
+    import logo_attn
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 24, 8, requires_grad=True)
+    q, k, v = (torch.randn(2, 24, 2, 8, requires_grad=True) for _ in range(3))
+    want = torch.autograd.grad(logo_attn.reference.window_pool(x, (2, 3, 4), (2, 3, 2)).square().sum(), x)[0]
+    pooled = logo_attn.window_pool(x, (2, 3, 4), (2, 3, 2), backend="torch")
+    out = logo_attn.local_attention(q, k, v, (2, 3, 4), (2, 3, 2), backend="torch")
+    out = out + logo_attn.global_attention(q, k[:, :5], v[:, :5], backend="torch")
+    got = torch.autograd.grad(pooled.square().sum(), x)[0]
+    torch.testing.assert_close(got, want)
+    grads = torch.autograd.grad(out.sum(), (q, k, v))
+    assert all(g is not None for g in grads)
+
+
+OPS = ("local_attn_fwd", "local_attn_bwd", "global_attn_fwd", "global_attn_bwd", "window_pool_fwd", "window_pool_bwd")
+
+
 def test_eager_calls_skip_the_per_call_signature_binding(monkeypatch):
     """torch's public Function.apply binds the arguments with inspect.signature on every call of a
     Function with setup_context (~60 us on a 2-core EPYC, more than the pooling kernel); the ops go
     around it in eager mode, forward and backward, and still give autograd's gradients."""
     import inspect
 
-    import logo_attn
-
-    x = torch.randn(2, 24, 8, requires_grad=True)
-    q, k, v = (torch.randn(2, 24, 2, 8, requires_grad=True) for _ in range(3))
-    want = torch.autograd.grad(logo_attn.reference.window_pool(x, (2, 3, 4), (2, 3, 2)).square().sum(), x)[0]
-
-    def run_all():
-        pooled = logo_attn.window_pool(x, (2, 3, 4), (2, 3, 2), backend="torch")
-        out = logo_attn.local_attention(q, k, v, (2, 3, 4), (2, 3, 2), backend="torch")
-        out = out + logo_attn.global_attention(q, k[:, :5], v[:, :5], backend="torch")
-        return torch.autograd.grad(pooled.square().sum(), x)[0], torch.autograd.grad(out.sum(), (q, k, v))
-
-    run_all()  # the first call imports torch._dynamo, whose dataclasses use inspect.signature
+    _every_op_forward_and_backward()  # the first call imports torch._dynamo, whose dataclasses use inspect.signature
 
     def refuse(*args, **kwargs):
         raise AssertionError("inspect.signature was called")
 
     monkeypatch.setattr(inspect, "signature", refuse)
-    got, grads = run_all()
-    torch.testing.assert_close(got, want)
-    assert all(g is not None for g in grads)
+    _every_op_forward_and_backward()
+
+
+def test_eager_calls_run_the_kernel_without_the_dispatcher(monkeypatch):
+    """In plain eager mode the ops call their backend directly (the dispatcher's way to a Python
+    kernel costs ~130 us a call on a 2-core EPYC); whatever intercepts ops still sees every one of
+    them: a dispatch mode (FakeTensorMode, FlopCounterMode, ...) and the profiler."""
+    from torch.profiler import ProfilerActivity, profile
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    for name in OPS:
+        def refuse(*args, name=name, **kwargs):
+            raise AssertionError(f"torch.ops.logo_attn.{name} was called in plain eager mode")
+
+        getattr(torch.ops.logo_attn, name)  # resolved once, so that monkeypatch has an attribute to replace
+        monkeypatch.setattr(torch.ops.logo_attn, name, refuse)
+    _every_op_forward_and_backward()
+    monkeypatch.undo()
+
+    class Seen(TorchDispatchMode):
+        names = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.add(func.name())
+            return func(*args, **(kwargs or {}))
+
+    with Seen():
+        _every_op_forward_and_backward()
+    assert {f"logo_attn::{name}" for name in OPS} <= Seen.names
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        _every_op_forward_and_backward()
+    assert {f"logo_attn::{name}" for name in OPS} <= {event.key for event in prof.key_averages()}

@@ -15,14 +15,16 @@ from torch.utils.flop_counter import register_flop_formula
 from .. import backends, reference
 from ..checks import as_scale, check_tensors
 from ..flops import attention_flops
-from .common import apply, check_attention_shapes, differentiable_backward, distinct, lse_like
+from .common import apply, call, check_attention_shapes, differentiable_backward, distinct, lse_like
 
 __all__ = ["global_attention", "GlobalAttnFunction"]
 
 
-@torch.library.custom_op("logo_attn::global_attn_fwd", mutates_args=())
-def global_attn_fwd(q: Tensor, k: Tensor, v: Tensor, scale: float, backend: str) -> tuple[Tensor, Tensor]:
+def _global_attn_fwd(q: Tensor, k: Tensor, v: Tensor, scale: float, backend: str) -> tuple[Tensor, Tensor]:
     return backends.module_for(backend, q).global_attn_fwd(q, k, v, scale)
+
+
+global_attn_fwd = torch.library.custom_op("logo_attn::global_attn_fwd", _global_attn_fwd, mutates_args=())
 
 
 @global_attn_fwd.register_fake
@@ -30,11 +32,13 @@ def _(q, k, v, scale, backend):
     return q.new_empty(q.shape), lse_like(q)
 
 
-@torch.library.custom_op("logo_attn::global_attn_bwd", mutates_args=())
-def global_attn_bwd(
+def _global_attn_bwd(
     dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, scale: float, backend: str
 ) -> tuple[Tensor, Tensor, Tensor]:
     return backends.module_for(backend, q).global_attn_bwd(dout, q, k, v, out, lse, scale)
+
+
+global_attn_bwd = torch.library.custom_op("logo_attn::global_attn_bwd", _global_attn_bwd, mutates_args=())
 
 
 @global_attn_bwd.register_fake
@@ -49,7 +53,7 @@ class GlobalAttnFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(q, k, v, scale, backend):
-        return torch.ops.logo_attn.global_attn_fwd(q, k, v, scale, backend)
+        return call(torch.ops.logo_attn.global_attn_fwd, _global_attn_fwd, q, k, v, scale, backend)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -67,7 +71,8 @@ class GlobalAttnFunction(torch.autograd.Function):
             out, lse = reference.global_attn_fwd(q, k, v, scale)
             dq, dk, dv = reference.global_attn_bwd(dout, q, k, v, out, lse, scale)
         else:
-            dq, dk, dv = torch.ops.logo_attn.global_attn_bwd(dout, q, k, v, out, lse, scale, backend)
+            dq, dk, dv = call(torch.ops.logo_attn.global_attn_bwd, _global_attn_bwd, dout, q, k, v, out, lse, scale,
+                              backend)
         return dq, dk, dv, None, None
 
 

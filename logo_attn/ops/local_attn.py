@@ -20,17 +20,19 @@ from .. import backends, reference
 from ..checks import as_grid, as_scale, as_shift, as_window, check_tensors
 from ..flops import attention_flops
 from ..geometry import NO_SHIFT, attended_pairs, bias_table_shape, clip_shift, clip_window
-from .common import apply, check_attention_shapes, differentiable_backward, distinct, lse_like
+from .common import apply, call, check_attention_shapes, differentiable_backward, distinct, lse_like
 
 __all__ = ["local_attention", "LocalAttnFunction"]
 
 
-@torch.library.custom_op("logo_attn::local_attn_fwd", mutates_args=())
-def local_attn_fwd(
+def _local_attn_fwd(
     q: Tensor, k: Tensor, v: Tensor, grid: Sequence[int], window: Sequence[int], shift: Sequence[int],
     bias: Optional[Tensor], scale: float, backend: str,
 ) -> tuple[Tensor, Tensor]:
     return backends.module_for(backend, q).local_attn_fwd(q, k, v, grid, window, shift, bias, scale)
+
+
+local_attn_fwd = torch.library.custom_op("logo_attn::local_attn_fwd", _local_attn_fwd, mutates_args=())
 
 
 @local_attn_fwd.register_fake
@@ -38,14 +40,16 @@ def _(q, k, v, grid, window, shift, bias, scale, backend):
     return q.new_empty(q.shape), lse_like(q)
 
 
-@torch.library.custom_op("logo_attn::local_attn_bwd", mutates_args=())
-def local_attn_bwd(
+def _local_attn_bwd(
     dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, grid: Sequence[int],
     window: Sequence[int], shift: Sequence[int], bias: Optional[Tensor], scale: float, bias_grad: bool, backend: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(dq, dk, dv, dbias); dbias is an empty tensor unless `bias` is given and `bias_grad` is set."""
     dq, dk, dv, dbias = backends.module_for(backend, q).local_attn_bwd(dout, q, k, v, out, lse, grid, window, shift, bias, scale, bias_grad)
     return dq, dk, dv, q.new_empty(0) if dbias is None else dbias
+
+
+local_attn_bwd = torch.library.custom_op("logo_attn::local_attn_bwd", _local_attn_bwd, mutates_args=())
 
 
 @local_attn_bwd.register_fake
@@ -61,7 +65,8 @@ class LocalAttnFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(q, k, v, grid, window, shift, bias, scale, backend):
-        return torch.ops.logo_attn.local_attn_fwd(q, k, v, grid, window, shift, bias, scale, backend)
+        return call(torch.ops.logo_attn.local_attn_fwd, _local_attn_fwd, q, k, v, grid, window, shift, bias, scale,
+                    backend)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -79,8 +84,8 @@ class LocalAttnFunction(torch.autograd.Function):
         if differentiable_backward():
             dq, dk, dv, dbias = _reference_grads(dout, q, k, v, bias, grid, window, shift, scale, wanted)
         else:
-            dq, dk, dv, dbias = torch.ops.logo_attn.local_attn_bwd(
-                dout, q, k, v, out, lse, grid, window, shift, bias, scale, wanted[3], backend)
+            dq, dk, dv, dbias = call(torch.ops.logo_attn.local_attn_bwd, _local_attn_bwd, dout, q, k, v, out, lse,
+                                     grid, window, shift, bias, scale, wanted[3], backend)
         return dq, dk, dv, None, None, None, dbias if wanted[3] else None, None, None
 
 

@@ -17,14 +17,16 @@ from torch import Tensor
 from .. import backends
 from ..checks import as_grid, as_window, check_tensors
 from ..geometry import clip_window, window_count
-from .common import apply
+from .common import apply, call
 
 __all__ = ["window_pool", "WindowPoolFunction"]
 
 
-@torch.library.custom_op("logo_attn::window_pool_fwd", mutates_args=())
-def window_pool_fwd(x: Tensor, grid: Sequence[int], window: Sequence[int], backend: str) -> Tensor:
+def _window_pool_fwd(x: Tensor, grid: Sequence[int], window: Sequence[int], backend: str) -> Tensor:
     return backends.module_for(backend, x, head_dim=0).window_pool_fwd(x, grid, window)
+
+
+window_pool_fwd = torch.library.custom_op("logo_attn::window_pool_fwd", _window_pool_fwd, mutates_args=())
 
 
 @window_pool_fwd.register_fake
@@ -32,9 +34,11 @@ def _(x, grid, window, backend):
     return x.new_empty((x.shape[0], window_count(grid, window), x.shape[2]))
 
 
-@torch.library.custom_op("logo_attn::window_pool_bwd", mutates_args=())
-def window_pool_bwd(dout: Tensor, grid: Sequence[int], window: Sequence[int], backend: str) -> Tensor:
+def _window_pool_bwd(dout: Tensor, grid: Sequence[int], window: Sequence[int], backend: str) -> Tensor:
     return backends.module_for(backend, dout, head_dim=0).window_pool_bwd(dout, grid, window)
+
+
+window_pool_bwd = torch.library.custom_op("logo_attn::window_pool_bwd", _window_pool_bwd, mutates_args=())
 
 
 @window_pool_bwd.register_fake
@@ -49,7 +53,7 @@ class WindowPoolFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(x, grid, window, backend):
-        return torch.ops.logo_attn.window_pool_fwd(x, grid, window, backend)
+        return call(torch.ops.logo_attn.window_pool_fwd, _window_pool_fwd, x, grid, window, backend)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -66,7 +70,7 @@ class WindowPoolBackward(torch.autograd.Function):
 
     @staticmethod
     def forward(dout, grid, window, backend):
-        return torch.ops.logo_attn.window_pool_bwd(dout, grid, window, backend)
+        return call(torch.ops.logo_attn.window_pool_bwd, _window_pool_bwd, dout, grid, window, backend)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
