@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "dispatch.h"
+#include "isa.h"
 
 namespace logo_attn::cpu {
 
@@ -82,9 +83,10 @@ template <typename T> void head_rows(const Tensor4& t, int64_t b, int64_t heads,
 }
 
 // Calls FN<VB, CH, T> for the number CH of 8-key chunks that a.k_tokens (<= kFewKeys) needs; nothing
-// for fp64, which never takes the few-keys path (its instances are not compiled).
+// for fp64 or x86's SSE2 fallback, which never take the few-keys path (global_uses_few_keys), so
+// their instances are not compiled.
 #define LOGO_ATTN_SWITCH_CHUNKS(FN, ...)                          \
-  if constexpr (!std::is_same_v<T, double>) {                     \
+  if constexpr (!std::is_same_v<T, double> && kTunedLevel<VB>) { \
     switch ((a.k_tokens + kKeyLanes - 1) / kKeyLanes) {           \
       case 1: return FN<VB, 1, T>(__VA_ARGS__);                   \
       case 2: return FN<VB, 2, T>(__VA_ARGS__);                   \

@@ -1,7 +1,7 @@
 // The few-keys path of global attention (few_keys.h's row kernels: fp32, bf16 and fp16 with at most
 // kFewKeys keys), which global_attn_kernel.cpp's functions hand over to. Its forward and backward
 // are translation units of their own (global_attn_few_keys_fwd.cpp, _bwd.cpp): their many unrolled
-// instances (key chunks x dtypes x ISAs) are most of the build, and so compile in parallel.
+// instances (key chunks x dtypes x tuned ISAs) are most of the build, and so compile in parallel.
 #pragma once
 
 #include <algorithm>
@@ -9,11 +9,15 @@
 
 #include "../kernel_args.h"
 #include "few_keys.h"
+#include "isa.h"
 
 namespace logo_attn::cpu {
 
-// The few-keys path takes fp32, bf16 and fp16 (fp64, the gradcheck dtype, keeps the tile path's libm exp).
-inline bool global_uses_few_keys(const AttnArgs& a) { return a.dtype != Dtype::float64 && few_keys(a.k_tokens); }
+// The few-keys path takes fp32, bf16 and fp16 (fp64, the gradcheck dtype, keeps the tile path's libm
+// exp) at the tuned ISA levels (isa.h: x86's SSE2 fallback takes the tile path).
+inline bool global_uses_few_keys(const AttnArgs& a) {
+  return a.dtype != Dtype::float64 && few_keys(a.k_tokens) && tuned_isa();
+}
 
 // Few-keys forward tasks: (batch, block of kTokenBlock tokens), every head.
 constexpr int64_t kTokenBlock = 64;

@@ -44,6 +44,19 @@ inline Isa cpu_isa() {
   return isa;
 }
 
+// On x86-64 the baseline level (SSE2) is the fallback for CPUs without AVX2 (from before 2013) and
+// for LOGO_ATTN_CPU_ISA=baseline: kept correct, not tuned, so a kernel may leave a fast path out of
+// it (its instances would cost build time for no user). Elsewhere (ARM: NEON) it is the only level.
+#ifdef LOGO_ATTN_X86_DISPATCH
+inline constexpr bool kBaselineIsFallback = true;
+#else
+inline constexpr bool kBaselineIsFallback = false;
+#endif
+
+// True when kernels run at a tuned level: a vector width VB > 16 bytes, or any level off x86.
+template <int VB> inline constexpr bool kTunedLevel = VB > 16 || !kBaselineIsFallback;
+inline bool tuned_isa() { return !kBaselineIsFallback || cpu_isa() != Isa::baseline; }
+
 inline bool has_avx512_bf16() {
 #ifdef LOGO_ATTN_X86_DISPATCH
   __builtin_cpu_init();
