@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,25 +44,36 @@ ROOFLINES = {
 }
 
 
+def bf16_matrix_size() -> int:
+    """1024, or 256 where one 256 x 256 bf16 `torch.mm` shows no bf16 hardware (under 50 GFLOP/s: an
+    AVX2-only CPU runs PyTorch's bf16 matmul at ~1 GFLOP/s, 2 s per 1024^3 product), so that the
+    measurement takes milliseconds, not a minute, and still measures that fallback's rate."""
+    a = torch.randn(256, 256).bfloat16()
+    torch.mm(a, a)
+    start = time.perf_counter()
+    torch.mm(a, a)
+    return 1024 if 2 * 256**3 / (time.perf_counter() - start) >= 50e9 else 256
+
+
 def measure_cpu_limits(threads: int, min_run_time: float = 0.2) -> Roofline:
     """This CPU's ceilings, measured now with `threads` threads (so in the same run, under the same
     load, as the rows they bound): `torch.mm` of 1024 x 1024 matrices in fp32 and in bf16 (FLOP/s;
-    bf16 runs on AMX or AVX512-BF16 where oneDNN finds them), and the copy of a 128 MiB buffer into
-    another (bytes read + written per second)."""
+    bf16 runs on AMX or AVX512-BF16 where oneDNN finds them; see `bf16_matrix_size`), and the copy
+    of a 128 MiB buffer into another (bytes read + written per second)."""
     from benchmarks.timing import measure_many
 
     torch.set_num_threads(threads)
-    n, copy_bytes = 1024, 128 * 2**20
+    n, n16, copy_bytes = 1024, bf16_matrix_size(), 128 * 2**20
     a32, b32 = torch.randn(n, n), torch.randn(n, n)
-    a16, b16 = a32.bfloat16(), b32.bfloat16()
+    a16, b16 = a32[:n16, :n16].bfloat16(), b32[:n16, :n16].bfloat16()
     src = torch.ones(copy_bytes // 4)
     dst = torch.empty_like(src)
     mm32, mm16, copy = measure_many([lambda: torch.mm(a32, b32), lambda: torch.mm(a16, b16), lambda: dst.copy_(src)],
                                     torch.device("cpu"), threads=threads, min_run_time=min_run_time)
-    flops = 2 * n**3
-    fp32, bf16, bandwidth = flops / mm32.median, flops / mm16.median, 2 * copy_bytes / copy.median
+    fp32, bf16 = 2 * n**3 / mm32.median, 2 * n16**3 / mm16.median
+    bandwidth = 2 * copy_bytes / copy.median
     source = (f"measured in this run, {threads} threads: torch.mm fp32 {fp32 / 1e9:.0f} GFLOP/s, bf16 "
-              f"{bf16 / 1e9:.0f} GFLOP/s, copy {bandwidth / 1e9:.1f} GB/s")
+              f"{bf16 / 1e9:.0f} GFLOP/s{'' if n16 == n else f' (at {n16}^3)'}, copy {bandwidth / 1e9:.1f} GB/s")
     return Roofline(bandwidth, bf16, source, fp32_flops=fp32)
 
 
