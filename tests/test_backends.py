@@ -128,3 +128,21 @@ def test_eager_calls_run_the_kernel_without_the_dispatcher(monkeypatch):
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         _every_op_forward_and_backward()
     assert {f"logo_attn::{name}" for name in OPS} <= {event.key for event in prof.key_averages()}
+
+
+@pytest.mark.parametrize("strict", [False, True], ids=["non-strict", "strict"])
+def test_torch_export_records_the_registered_ops(strict):
+    """torch.export (dynamo, or non-strict's tracing modes) must see the registered ops, not what
+    the eager direct call runs, so that the exported program is portable and has the ops' meta."""
+    import logo_attn
+
+    class Attention(torch.nn.Module):
+        def forward(self, q, k, v):
+            local = logo_attn.local_attention(q, k, v, (2, 3, 4), (2, 3, 2))
+            return local + logo_attn.global_attention(q, k[:, :4], v[:, :4])
+
+    q, k, v = (torch.randn(2, 24, 2, 8) for _ in range(3))
+    program = torch.export.export(Attention(), (q, k, v), strict=strict)
+    targets = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
+    assert {"logo_attn.local_attn_fwd.default", "logo_attn.global_attn_fwd.default"} <= targets, targets
+    torch.testing.assert_close(program.module()(q, k, v), Attention()(q, k, v))
