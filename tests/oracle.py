@@ -46,8 +46,11 @@ def backend_dtype_params(dtypes=(torch.float64, torch.float32, torch.float16, to
     ]
 
 
-def backend_params():
-    return [pytest.param(b, d, id=f"{b}-{d}") for b, d in BACKEND_DEVICES]
+def backend_params(interpreted_triton: bool = True):
+    """(backend, device) pairs; without Triton on CPU (its interpreter) where `interpreted_triton` is
+    False: for the tests whose Triton case is the same kernels as cheaper ones test, run for minutes."""
+    return [pytest.param(b, d, id=f"{b}-{d}") for b, d in BACKEND_DEVICES
+            if interpreted_triton or (b, d) != ("triton", "cpu")]
 
 
 def require(backend: str, device: str, dtype: torch.dtype = torch.float32, head_dim: int = 16) -> None:
