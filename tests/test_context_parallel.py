@@ -10,11 +10,9 @@ gradients after summing them over the group, all in float32 at 1e-5.
 from __future__ import annotations
 
 import datetime
-import functools
 import itertools
 import os
 import socket
-import tempfile
 import traceback
 
 import pytest
@@ -297,20 +295,12 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
-@functools.cache
-def _spawned(world: int):
-    """Every rank's results with `world` ranks, computed once per test process (~25 s a spawn on 2
-    cores): pytest-xdist tears module fixtures down whenever a worker's queue runs dry, which set
-    each world up twice under `-n 2`."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "results")
-        mp.spawn(_worker, args=(world, _free_port(), out), nprocs=world, join=True)
-        return world, [torch.load(f"{out}.{r}") for r in range(world)]
-
-
 @pytest.fixture(scope="module", params=[2, 3], ids=lambda w: f"{w}ranks")
-def results(request):
-    return _spawned(request.param)
+def results(request, tmp_path_factory):
+    world = request.param
+    out = str(tmp_path_factory.mktemp(f"cp{world}") / "results")
+    mp.spawn(_worker, args=(world, _free_port(), out), nprocs=world, join=True)
+    return world, [torch.load(f"{out}.{r}") for r in range(world)]
 
 
 def _errors(results, name):
