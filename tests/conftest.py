@@ -9,6 +9,10 @@
   length is known; `dev`, the default, draws fresh examples each run. HYPOTHESIS_PROFILE picks one.
   No deadline in either: the machines are shared and Triton's interpreter is slow, so a time per
   example says nothing about the code.
+- Under pytest-xdist each worker gets its share of the cores as torch threads (1 each for `-n 2` on
+  2 cores): every worker's OpenMP pool spanning all cores oversubscribed them, and the two training
+  tests took 177 s each instead of 51 s. Subprocesses keep torch's default; tests/test_csrc.py runs
+  the C++ kernels on 2 threads whatever the worker count, so their parallel splits stay tested.
 """
 
 import os
@@ -19,6 +23,13 @@ if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 
 import pytest  # noqa: E402
+
+
+def pytest_configure(config):
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        torch.set_num_threads(max(1, cores // int(workers)))
 
 try:
     from hypothesis import HealthCheck, settings
@@ -53,3 +64,13 @@ def poison_empty(monkeypatch):
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def kernel_threads():
+    """Two torch threads for the test, whatever the worker's share: the C++ kernels' parallel splits
+    (tests/test_csrc*.py) must run on more than one thread to be tested."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)

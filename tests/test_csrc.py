@@ -27,6 +27,7 @@ from logo_attn import global_attention, local_attention, reference, window_pool
 from oracle import as_leaves, assert_matches, attention_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("kernel_threads")
 DTYPES = [pytest.param(d, id=str(d).removeprefix("torch."))
           for d in (torch.float64, torch.float32, torch.bfloat16, torch.float16)]
 

@@ -20,6 +20,8 @@ from logo_attn import _cpp
 from logo_attn.geometry import clip_shift, clip_window
 from oracle import HALF, TOLERANCE, max_error
 
+pytestmark = pytest.mark.usefixtures("kernel_threads")
+
 # B, grid, window as the user passes it (the bias table is built for it), shift, heads, head_dim.
 CASES = [
     pytest.param(2, (3, 5, 6), (2, 3, 4), (1, 2, 3), 2, 8, id="non-divisible-leading-partial-windows"),
