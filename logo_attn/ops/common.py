@@ -49,13 +49,18 @@ def differentiable_backward() -> bool:
     return torch.is_grad_enabled()
 
 
+def transformed() -> bool:
+    """True under torch.compile or a torch.func transform: both intercept Function.apply and ops."""
+    return torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
+
+
 def apply(function: type[torch.autograd.Function], *args):
     """``function.apply(*args)`` without the ``inspect.signature`` binding that torch's public
     ``apply`` does on every call of a Function with ``setup_context`` (it only fills in default
     arguments, and the ops' Functions have none): ~60 us a call measured on a 2-core AMD EPYC, more
     than the window-pooling kernel takes at the CPU benchmark's size. Under torch.compile and
     torch.func transforms the public ``apply`` runs, as they intercept it."""
-    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+    if transformed():
         return function.apply(*args)
     return super(torch.autograd.Function, function).apply(*unwrap_dead_wrappers(args))
 
@@ -65,8 +70,7 @@ def intercepted(args: tuple) -> bool:
     transforms, a dispatch or function mode (FakeTensorMode, FlopCounterMode, ``with torch.device``,
     selective checkpointing), the profiler, or a tensor subclass (DTensor, ...)."""
     return (
-        torch.compiler.is_compiling()
-        or torch._C._are_functorch_transforms_active()
+        transformed()
         or torch._C._len_torch_dispatch_stack() > 0
         or torch._C._is_torch_function_mode_enabled()
         or torch._C._autograd._profiler_enabled()
