@@ -11,7 +11,7 @@
   example says nothing about the code.
 - Under pytest-xdist each worker gets its share of the cores as torch threads (1 each for `-n 2` on
   2 cores): every worker's OpenMP pool spanning all cores oversubscribed them, and the two training
-  tests took 177 s each instead of 51 s. Subprocesses keep torch's default; tests/test_csrc.py runs
+  tests took 177 s each instead of 51 s. Subprocesses keep torch's default; tests/test_csrc*.py run
   the C++ kernels on 2 threads whatever the worker count, so their parallel splits stay tested.
 """
 
