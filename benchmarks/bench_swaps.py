@@ -1,27 +1,34 @@
-"""The client swaps on CPU: torchvision's Video Swin and Swin, timm's Swin, each as the client runs it
-against the same model after `swap_torchvision_attention` / `swap_timm_attention`.
+"""The client swaps on CPU: torchvision's Video Swin and Swin, timm's Swin and MONAI's SwinUNETR, each as
+the client runs it against the same model after `swap_torchvision_attention` / `swap_timm_attention` /
+`swap_monai_attention`.
 
 Per client model, float32 and bfloat16 (the model cast), randomly initialised weights:
 - one stage's attention: the first stage's W-MSA and SW-MSA modules in a row (torchvision's
-  attention module; timm's block ``_attn``, i.e. roll, pad, partition, attention, reverse),
+  attention module; timm's block ``_attn``, i.e. roll, pad, partition, attention, reverse; MONAI's
+  block ``forward_part1``, norm, pad, roll, partition, attention with the stage's region mask (built
+  once, which favours MONAI: its stage rebuilds it every forward), reverse),
   forward + backward of a random input of that stage's shape;
 - the whole model: forward + backward of a random clip/image (the loss is the logits' sum), and
   inference (``torch.inference_mode``).
 Models in eval mode (no stochastic depth: the same work every step), the swapped logits checked
 against the client's before timing (their largest difference is in the results).
-Implementations: the client's eager attention, timm's fused path (``fused_attn``: SDPA with a bias +
-mask tensor) where it has one, and the swapped model. Timed in alternating rounds on CPU (the ratio
+Implementations: the client's eager attention, its fused path where it has one (timm's ``fused_attn``:
+SDPA with a bias + mask tensor; MONAI's ``use_flash_attention``: SDPA, at inference only), and the
+swapped model. Timed in alternating rounds on CPU (the ratio
 is the median of per-round ratios to the client's eager time), peak memory from the profiler's
-allocation events. Needs torchvision and timm (the clients venv, see .ci/clients.sh).
+allocation events. Needs the selected clients' packages: torchvision and timm (the clients venv, see
+.ci/clients.sh), MONAI (the development venv has it).
 
     python benchmarks/bench_swaps.py --threads 2
     python benchmarks/bench_swaps.py --clients timm-swin_tiny --dtypes float32 --min-run-time 1
+    python benchmarks/bench_swaps.py --clients monai-swin_unetr --dtypes float32   # in the development venv
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import importlib
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -39,7 +46,7 @@ from benchmarks.cli import positive_float, positive_int
 from benchmarks.environment import ROOT, start_run
 from benchmarks.results import table, write_results
 from benchmarks.timing import measure_many, paired_ratio, peak_memory
-from logo_attn import swap_timm_attention, swap_torchvision_attention
+from logo_attn import swap_monai_attention, swap_timm_attention, swap_torchvision_attention
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -67,6 +74,40 @@ def timm_attentions(model: nn.Module) -> list[Callable]:
     return [block._attn for block in blocks]
 
 
+class MonaiAttentionPart(nn.Module):
+    """A SwinUNETR block's attention half as a module of its own: MONAI's ``forward_part1`` with the
+    stage's region mask (built on the first call for that grid, then kept), or a swapped block's
+    ``attention_part``. ``block`` is what the model calls with the stage's tokens."""
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.block = block
+        self.masks: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if hasattr(self.block, "attention_part"):
+            return self.block.attention_part(x)
+        from monai.networks.nets.swin_unetr import compute_mask, get_window_size
+
+        grid = tuple(x.shape[1:4])
+        if grid not in self.masks:
+            window, shift = get_window_size(grid, self.block.window_size, self.block.shift_size)
+            padded = [-(-n // w) * w for n, w in zip(grid, window)]
+            self.masks[grid] = compute_mask(padded, window, shift, x.device)
+        return self.block.forward_part1(x, self.masks[grid])
+
+
+def monai_attentions(model: nn.Module) -> list[Callable]:
+    return [MonaiAttentionPart(block) for block in model.swinViT.layers1[0].blocks[:2]]
+
+
+def monai_fused(model: nn.Module) -> nn.Module:
+    for module in model.modules():
+        if hasattr(module, "use_flash_attention"):
+            module.use_flash_attention = True
+    return model
+
+
 def timm_fused(model: nn.Module) -> nn.Module:
     for module in model.modules():
         if hasattr(module, "fused_attn"):
@@ -88,6 +129,10 @@ def clients(args) -> dict[str, Client]:
             return timm.create_model(name, pretrained=False)
         return build
 
+    def monai_model():
+        from monai.networks.nets import SwinUNETR
+        return SwinUNETR(in_channels=1, out_channels=14, feature_size=args.monai_feature_size)
+
     frames, side = args.video_clip
     return {
         "torchvision-swin3d_t": Client(torchvision_model("swin3d_t"), (args.batch, 3, frames, side, side),
@@ -98,6 +143,8 @@ def clients(args) -> dict[str, Client]:
                                         torchvision_attentions, swap_torchvision_attention),
         "timm-swin_tiny": Client(timm_model("swin_tiny_patch4_window7_224"), (args.batch, 3, args.image, args.image),
                                  timm_attentions, swap_timm_attention, timm_fused),
+        "monai-swin_unetr": Client(monai_model, (args.batch, 1, *[args.monai_size] * 3), monai_attentions,
+                                   swap_monai_attention, monai_fused),
     }
 
 
@@ -105,7 +152,8 @@ def stage_input_shape(client: Client, model: nn.Module, x: torch.Tensor) -> tupl
     """The shape of the tokens the first stage's attention receives (one inference forward)."""
     shapes = []
     first = client.stage_attention(model)[0]
-    target = first.__self__ if hasattr(first, "__self__") else first  # timm: the block whose _attn it is
+    # the module the model calls with those tokens: timm's block whose _attn it is, MONAI's block
+    target = first.__self__ if hasattr(first, "__self__") else getattr(first, "block", first)
     handle = target.register_forward_pre_hook(lambda _m, inputs: shapes.append(tuple(inputs[0].shape)))
     with torch.inference_mode():
         model(x)
@@ -191,6 +239,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="Video Swin input: frames and side in pixels (default 16 112)")
     parser.add_argument("--image", type=positive_int, default=224, help="Swin / timm image side (default 224)")
     parser.add_argument("--image-v2", type=positive_int, default=256, help="Swin V2 image side (default 256)")
+    parser.add_argument("--monai-size", type=positive_int, default=64,
+                        help="SwinUNETR input volume edge, a multiple of 32, at least 64 (default 64)")
+    parser.add_argument("--monai-feature-size", type=positive_int, default=48,
+                        help="SwinUNETR feature_size, a multiple of 12 (default 48, the BTCV model's)")
     parser.add_argument("--min-run-time", type=positive_float, default=2.0, help="seconds per implementation and case")
     parser.add_argument("--min-samples", type=positive_int, default=3)
     parser.add_argument("--threads", type=positive_int, default=2)
@@ -200,16 +252,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     unknown = [c for c in args.clients if c not in known]
     if unknown:
         parser.error(f"--clients: unknown {', '.join(unknown)}; choose from {', '.join(known)}")
+    if args.monai_size % 32 or args.monai_size < 64 or args.monai_feature_size % 12:
+        # below 64 the bottleneck is one voxel, where MONAI's instance norm raises
+        parser.error(f"--monai-size must be a multiple of 32, at least 64, and --monai-feature-size of 12, got "
+                     f"{args.monai_size} and {args.monai_feature_size}")
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     env = start_run(torch.device("cpu"), args.threads)
-    import timm
-    import torchvision
-
-    env.update(torchvision=torchvision.__version__, timm=timm.__version__)
+    for package in sorted({name.split("-")[0] for name in args.clients}):  # the clients' versions
+        env[package] = importlib.import_module(package).__version__
     known = clients(args)
     prefix = args.out or ROOT / "benchmarks" / "results" / "bench_swaps_cpu"
     config = {k: v for k, v in vars(args).items() if k != "out"}
