@@ -126,6 +126,26 @@ def test_monai_eager_peer_is_monais_window_attention(grid, window, shift):
         assert close(grad, want)
 
 
+def test_bench_swaps_times_the_same_attention_half_of_monais_block_and_the_swapped_one():
+    """bench_swaps' MONAI stage rows time `MonaiAttentionPart`: MONAI's forward_part1 with the region
+    mask the wrapper builds, against the swapped block's attention_part. On a shifted block the two
+    compute one function (float64, output and input gradient), so the rows compare like with like."""
+    monai_swin = pytest.importorskip("monai.networks.nets.swin_unetr",
+                                     reason="MONAI is not installed (pip install monai)")
+    from benchmarks.bench_swaps import MonaiAttentionPart
+    from logo_attn.swin import SwinBlock3D
+
+    block = monai_swin.SwinTransformerBlock(16, 2, (2, 4, 4), (1, 2, 2), qkv_bias=True).double().eval()
+    with torch.no_grad():
+        block.attn.relative_position_bias_table.normal_()
+    parts = [MonaiAttentionPart(block), MonaiAttentionPart(SwinBlock3D.from_monai(block))]
+    x = torch.randn(1, 4, 8, 8, 16, dtype=torch.float64, requires_grad=True)
+    (expected, got) = [part(x) for part in parts]
+    assert parts[0].masks and close(got, expected)
+    dout = torch.randn_like(expected)
+    assert close(torch.autograd.grad(got, x, dout)[0], torch.autograd.grad(expected, x, dout)[0])
+
+
 def test_swin_rows_time_the_op_on_every_backend_that_runs_here():
     """`--ops swin` times the op on each backend the dispatcher accepts for these inputs (the C++
     kernels on CPU, the reference), first, then its peers."""
@@ -361,6 +381,8 @@ def test_pytest_benchmark_suite_runs_every_case_once():
     ("bench_ops.py", ["--batch", "0"], "--batch: expected a positive int"),
     ("flops_vs_timesformer.py", ["--windows", "2xax7"], "--windows: expected three positive ints"),
     ("bench_model.py", ["--heads", "3"], "--embed-dim 256 must be divisible by --heads 3"),
+    ("bench_swaps.py", ["--clients", "monai-swin_unetr", "--monai-size", "32"],
+     "--monai-size must be a multiple of 32, at least 64"),
 ])
 def test_command_line_mistakes_exit_2_with_one_error_line(script, args, message):
     import subprocess
