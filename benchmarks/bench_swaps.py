@@ -42,6 +42,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable. 
 import torch
 from torch import nn
 
+from benchmarks import peers
 from benchmarks.cli import positive_float, positive_int
 from benchmarks.environment import ROOT, start_run
 from benchmarks.results import table, write_results
@@ -92,8 +93,7 @@ class MonaiAttentionPart(nn.Module):
         grid = tuple(x.shape[1:4])
         if grid not in self.masks:
             window, shift = get_window_size(grid, self.block.window_size, self.block.shift_size)
-            padded = [-(-n // w) * w for n, w in zip(grid, window)]
-            self.masks[grid] = compute_mask(padded, window, shift, x.device)
+            self.masks[grid] = compute_mask(list(peers.swin_padded(grid, window)), window, shift, x.device)
         return self.block.forward_part1(x, self.masks[grid])
 
 

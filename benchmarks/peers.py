@@ -148,7 +148,7 @@ def _relative_position_score_mod(grid: tuple, table: Tensor):
 SWIN_MASK_VALUE = -100.0
 
 
-def _swin_padded(grid: Grid, window: Grid) -> tuple[int, int, int]:
+def swin_padded(grid: Grid, window: Grid) -> tuple[int, int, int]:
     """The grid zero-padded at the end of each axis to whole windows, as Swin pads it."""
     return tuple(-(-g // w) * w for g, w in zip(grid, window))
 
@@ -162,7 +162,7 @@ def _swin_region_mask(grid: tuple, window: tuple, shift: tuple, device: torch.de
     coordinates [0, G'-w), [G'-w, G'-s), [G'-s, G') (one region without a shift). Unlike MONAI, the
     padding tokens are a region of their own, so that no real token attends them (MONAI lets them,
     where the window does not divide the grid); that is what the op computes."""
-    padded = _swin_padded(grid, window)
+    padded = swin_padded(grid, window)
     if not any(shift) and padded == grid:
         return None
     region = torch.zeros(padded, dtype=torch.long, device=device)
@@ -206,7 +206,7 @@ def monai_eager_window_attention(q: Tensor, k: Tensor, v: Tensor, grid: Grid, wi
     grid, window, shift = tuple(grid), tuple(window), tuple(shift)
     B, N, heads, d = q.shape
     scale = d ** -0.5 if scale is None else scale
-    padded = _swin_padded(grid, window)
+    padded = swin_padded(grid, window)
     pad = []
     for g, size in zip(reversed(grid), reversed(padded)):
         pad += [0, size - g]

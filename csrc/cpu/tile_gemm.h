@@ -52,13 +52,13 @@ LOGO_INLINE void gemm_strip(int64_t M, int64_t K, const T* A, int64_t ars, int64
   }
 }
 
-// Column strips NR vectors wide at the full MR x NR tile, the last ones narrower, each tile keeping at
-// least 8 accumulators (two FMA ports x four cycles of latency). With 16 registers (AVX2, SSE2) a
-// last 3 + 1 vectors go as one 3 x 4 tile instead of a 4 x 3 and a 4 x 1, whose four accumulators
-// ran at 57-66 % of the FMA peak on an AVX2 EPYC: head_dim 32 (Swin's) is four AVX2 vectors, and
-// its N = head_dim products went from 78-100 % to 116-125 % of the TSC-clock FMA rate (the cores
-// run above the TSC clock). Panels are padded to 64 bytes, so with 16 registers no product has a
-// lone vector.
+// Column strips NR vectors wide, then the last vectors in a strip of their own. With 16 registers
+// (AVX2, SSE2) a last 3 + 1 vectors go as one 3 x 4 tile (12 accumulators) instead of a 4 x 3 and a
+// 4 x 1, whose four accumulators are half of what two FMA ports with four cycles of latency need
+// (57-66 % of the FMA peak on an AVX2 EPYC). head_dim 32 (Swin's) is four AVX2 vectors: its
+// N = head_dim products went from 78-100 % to 116-125 % of the TSC-clock FMA rate (the cores run
+// above the TSC clock). Panels are padded to 64 bytes, so with 16 registers no product has a lone
+// vector; with 32 (AVX-512) the tails keep the 6-row tile.
 template <typename T, int VB>
 LOGO_INLINE void gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t ars, int64_t acs, const T* B, int64_t ldb,
                       T* C, int64_t ldc, bool accumulate) {
@@ -67,7 +67,6 @@ LOGO_INLINE void gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t ars, 
   constexpr int MR = wide ? 6 : 4;
   constexpr int NR = wide ? 4 : 3;
   const int64_t vectors = N / L;
-  // 16 registers: a last 3 + 1 vectors go as one 4-vector strip
   const int64_t full = !wide && vectors >= 4 && vectors % 3 == 1 ? vectors / 3 - 1 : vectors / NR;
   int64_t j = 0;
   for (; j < full * NR; j += NR)
