@@ -17,6 +17,18 @@ struct Tensor4 {
   int64_t batch_stride, token_stride, head_stride;
 };
 
+// CPU, bf16/fp16 local attention: the matrix product its tiles run on instead of converting the
+// inputs to fp32 (null: the fp32 path). C (M x N, row stride ldc, fp32) = A B, plus C itself with
+// add_c; A (M x K, row stride lda) and B (K x N) hold values of the op's dtype, K even; B has row stride ldb,
+// or with `vnni` its rows in interleaved pairs, the layout AMX multiplies: value (k, n) at
+// b[((k / 2) * ldb + n) * 2 + k % 2]. After its last product a thread calls release (AMX tile state).
+struct HalfGemm {
+  void (*multiply)(int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb, int64_t ldc, bool add_c,
+                   const void* a, const void* b, float* c);
+  void (*release)();
+  bool vnni;
+};
+
 struct AttnArgs {
   Dtype dtype;
   int64_t batch, heads, head_dim, q_tokens, k_tokens;
@@ -49,6 +61,7 @@ struct AttnArgs {
   void* dbias_partial;
   int64_t dbias_chunks;
   void* dbias;
+  const HalfGemm* half_gemm;  // CPU local attention in bf16/fp16, or null (see HalfGemm)
 };
 
 // Entries of one head's bias gradient: the offset box, or T * T for a dense bias.

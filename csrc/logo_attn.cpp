@@ -5,16 +5,8 @@
 #include <torch/library.h>
 
 #include "capabilities.h"
+#include "cpu/half_gemm.h"
 #include "cpu/kernels.h"
-
-// PyTorch's oneDNN micro-kernel interface (exported from libtorch_cpu since 2.5): could_pack says
-// whether its brgemm runs bf16/fp16 on AMX here. Asked only, for cpu_features(); a torch without
-// the header or the brgemm macros reports no AMX. Older headers include oneDNN's ukernel header
-// when built with oneDNN: only where that header ships too.
-#include <ATen/Config.h>
-#if __has_include(<ATen/native/CPUBlas.h>) && (!AT_MKLDNN_ENABLED() || __has_include(<oneapi/dnnl/dnnl_ukernel.hpp>))
-#include <ATen/native/CPUBlas.h>
-#endif
 
 namespace {
 
@@ -60,16 +52,6 @@ PyObject* capability_dict(const logo_attn::Capability& c) {
   return nullptr;
 }
 
-// could_pack(dtype) where this torch has the brgemm interface, else false.
-bool brgemm_could_pack(at::ScalarType t) {
-#ifdef CPUBLAS_BRGEMM_BF16BF16F32
-  return at::native::cpublas::could_pack(t);
-#else
-  (void)t;
-  return false;
-#endif
-}
-
 }  // namespace
 
 extern "C" {
@@ -79,12 +61,22 @@ static PyObject* cpu_isa(PyObject*, PyObject*) { return PyUnicode_FromString(log
 
 // The facts behind each dtype's instruction path (logo_attn.info words them).
 static PyObject* cpu_features(PyObject*, PyObject*) {
+  const char *bf16_gemm, *fp16_gemm;
+  try {  // a bad LOGO_ATTN_CPU_HALF_GEMM is the caller's error, not a crash
+    bf16_gemm = logo_attn::cpu::half_gemm_name(at::kBFloat16);
+    fp16_gemm = logo_attn::cpu::half_gemm_name(at::kHalf);
+  } catch (const c10::Error& e) {
+    PyErr_SetString(PyExc_ValueError, e.what_without_backtrace());
+    return nullptr;
+  }
   PyObject* result = PyDict_New();
   if (!result) return nullptr;
   const bool ok = set_item(result, "isa", PyUnicode_FromString(logo_attn::cpu::cpu_isa_name())) &&
                   set_item(result, "avx512_bf16", PyBool_FromLong(logo_attn::cpu::cpu_has_avx512_bf16())) &&
-                  set_item(result, "amx_bf16", PyBool_FromLong(brgemm_could_pack(at::kBFloat16))) &&
-                  set_item(result, "amx_fp16", PyBool_FromLong(brgemm_could_pack(at::kHalf)));
+                  set_item(result, "amx_bf16", PyBool_FromLong(logo_attn::cpu::brgemm_could_pack(at::kBFloat16))) &&
+                  set_item(result, "amx_fp16", PyBool_FromLong(logo_attn::cpu::brgemm_could_pack(at::kHalf))) &&
+                  set_item(result, "bf16_gemm", PyUnicode_FromString(bf16_gemm)) &&
+                  set_item(result, "fp16_gemm", PyUnicode_FromString(fp16_gemm));
   if (ok) return result;
   Py_DECREF(result);
   return nullptr;
@@ -107,7 +99,8 @@ PyObject* PyInit__C(void) {
       {"cpu_isa", cpu_isa, METH_NOARGS, "Instruction set of the CPU kernels: 'avx512', 'avx2' or 'baseline'."},
       {"cpu_features", cpu_features, METH_NOARGS,
        "What the CPU offers the kernels: {'isa': cpu_isa(), 'avx512_bf16': bool (the CPU flag), 'amx_bf16' / "
-       "'amx_fp16': bool (PyTorch's brgemm could_pack for that dtype)}."},
+       "'amx_fp16': bool (PyTorch's brgemm could_pack for that dtype), 'bf16_gemm' / 'fp16_gemm': the product "
+       "bf16/fp16 local attention runs on ('amx', 'none': the fp32 tiles, or a test mode: 'brgemm', 'emulated')}."},
       {"capabilities", capabilities, METH_NOARGS,
        "What the kernels of this build compute, per device type ('cpu', and 'cuda' when the CUDA kernels were "
        "built): {'dtypes': [torch dtype names], 'max_head_dim': int, 0 meaning no limit}."},

@@ -141,6 +141,23 @@ def test_window_pool_matches_reference(cpp, dtype, B, grid, window, C, strided):
     compare(dict(out=out, dx=dx), lambda x, **kw: (reference.window_pool(x, grid, window),), (x,), dout, dtype)
 
 
+def pass_in_fresh_process(variable: str, value: str, selection: str, probe: str, expected: str,
+                          files=("test_csrc.py", "test_csrc_shift_bias.py")):
+    """Runs the tests of `files` matching `selection` with the environment variable set, after
+    checking that the extension took it (`probe` prints `expected`)."""
+    env = {**os.environ, variable: value}
+    check = subprocess.run([sys.executable, "-c", f"import torch; from logo_attn import _C; print({probe})"],
+                           env=env, capture_output=True, text=True, cwd=ROOT)
+    assert check.stdout.strip() == expected, check.stderr
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         *(str(Path(__file__).with_name(name)) for name in files), "-k", selection],
+        env=env, capture_output=True, text=True, cwd=ROOT,
+    )
+    assert run.returncode == 0, f"{variable}={value}:\n{run.stdout[-3000:]}\n{run.stderr[-2000:]}"
+    assert " passed" in run.stdout, run.stdout[-2000:]
+
+
 def test_every_isa_of_this_cpu_matches_reference(cpp):
     """The AVX2 and baseline (SSE2/NEON) code paths, forced with LOGO_ATTN_CPU_ISA in a fresh process
     (the comparisons of this file and of test_csrc_shift_bias.py)."""
@@ -151,17 +168,23 @@ def test_every_isa_of_this_cpu_matches_reference(cpp):
     if not lower:
         pytest.skip(f"this CPU runs the baseline path only ({best}); the main process tested it")
     for isa in lower:
-        env = {**os.environ, "LOGO_ATTN_CPU_ISA": isa}
-        probe = subprocess.run([sys.executable, "-c", "import torch; from logo_attn import _C; print(_C.cpu_isa())"],
-                               env=env, capture_output=True, text=True, cwd=ROOT)
-        assert probe.stdout.strip() == isa, probe.stderr
-        run = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__)),
-             str(Path(__file__).with_name("test_csrc_shift_bias.py")), "-k",
-             "matches_reference and (float32 or bfloat16 or float16 or float64)"],
-            env=env, capture_output=True, text=True, cwd=ROOT,
-        )
-        assert run.returncode == 0, f"LOGO_ATTN_CPU_ISA={isa}:\n{run.stdout[-3000:]}\n{run.stderr[-2000:]}"
+        pass_in_fresh_process("LOGO_ATTN_CPU_ISA", isa, "matches_reference and (float32 or bfloat16 or float16 or float64)",
+                              "_C.cpu_isa()", isa)
+
+
+@pytest.mark.parametrize("mode", ["brgemm", "emulated"])
+def test_half_gemm_test_modes_match_reference(cpp, mode):
+    """bf16/fp16 local attention on its 16-bit tiles (csrc/cpu/half_attention_tile.h), which run by
+    default only where PyTorch's brgemm packs for AMX: LOGO_ATTN_CPU_HALF_GEMM=brgemm runs them on
+    PyTorch's brgemm with row-major operands (its fallback gemm without AMX), =emulated on the
+    VNNI-packed operands AMX takes, through a scalar product. In a fresh process: the bf16/fp16
+    local comparisons against the reference (no bias, offset tables with shifts, dense biases), and
+    the bias gradient's determinism."""
+    pass_in_fresh_process("LOGO_ATTN_CPU_HALF_GEMM", mode,
+                          "(local_attn or dense_bias_matches) and (bfloat16 or float16) and not torch and not triton "
+                          "or dbias_bitwise and bfloat16",
+                          "*(_C.cpu_features()[f'{t}_gemm'] for t in ('bf16', 'fp16'))", f"{mode} {mode}",
+                          files=("test_csrc.py", "test_csrc_shift_bias.py", "test_local_attn.py"))
 
 
 def test_cpu_features_match_the_cpu_flags_and_info_names_every_dtype(cpp):
@@ -186,6 +209,10 @@ def test_cpu_features_match_the_cpu_flags_and_info_names_every_dtype(cpp):
     assert has_none == (not features["avx512_bf16"] and not features["amx_bf16"]), paths["bfloat16"]
     if features["avx512_bf16"]:
         assert "AVX512-BF16" in paths["bfloat16"]
+    # By default, bf16 (fp16) local attention runs on AMX exactly where PyTorch's brgemm packs for it.
+    if not os.environ.get("LOGO_ATTN_CPU_HALF_GEMM"):
+        assert features["bf16_gemm"] == ("amx" if features["amx_bf16"] else "none")
+        assert features["fp16_gemm"] == ("amx" if features["amx_fp16"] else "none")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -136,9 +136,10 @@ def test_gradcheck_float64(grid, window, shift):
     assert torch.autograd.gradcheck(lambda *t: KernelLocalAttention.apply(*t, list(grid), win, sh), leaves)
 
 
-def test_dbias_bitwise_deterministic_across_runs_and_thread_counts():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_dbias_bitwise_deterministic_across_runs_and_thread_counts(dtype):
     grid, window, shift = (4, 9, 10), (2, 4, 4), (1, 2, 3)
-    q, k, v, bias, dout = inputs(2, grid, window, 3, 16, torch.float32, torch.float32)
+    q, k, v, bias, dout = inputs(2, grid, window, 3, 16, dtype, torch.float32)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)

@@ -5,12 +5,15 @@
 // and, for the bias gradient, sums its dS by table entry (or slot pair) into its chunk's own partial
 // gradient, a backward task being a fixed chunk of consecutive windows of one head (one window,
 // except for a dense bias's T x T gradient: kernels.h); a second pass adds the partials of every
-// chunk in order, per head (the same bits for any thread count, no atomics).
+// chunk in order, per head (the same bits for any thread count, no atomics). bf16/fp16 tasks run
+// half_attention_tile.h's tiles when the op glue passes a HalfGemm (AMX), else attention_tile.h's.
 #include <algorithm>
 #include <initializer_list>
+#include <type_traits>
 #include <vector>
 
 #include "dispatch.h"
+#include "half_attention_tile.h"
 #include "isa.h"
 #include "windows.h"
 
@@ -109,25 +112,36 @@ template <typename A> class TaskBias {
   std::vector<A> spread_;
 };
 
-template <int VB, typename T> LOGO_INLINE void local_fwd(const AttnArgs& a, int64_t begin, int64_t end) {
+// The fp32 tiles' workspace, or with a HalfGemm (bf16/fp16 only) the 16-bit tiles'.
+template <typename T, bool kHalf>
+using LocalWorkspace = std::conditional_t<kHalf, HalfWorkspace<T>, AttnWorkspace<acc_t<T>>>;
+
+template <int VB, typename T, bool kHalf> LOGO_INLINE void local_fwd_on(const AttnArgs& a, int64_t begin, int64_t end) {
   using A = acc_t<T>;
   LocalTasks tasks(a);
-  AttnWorkspace<A> ws(tasks.max_tokens(), a.head_dim);
+  LocalWorkspace<T, kHalf> ws(tasks.max_tokens(), a.head_dim);
   TaskBias<A> biases(a);
   for (int64_t task = begin; task < end; ++task) {
     const LocalTasks::Task t = tasks.get(task);
     const NextRows next = tasks.prefetch<T>(task + 1 < end ? task + 1 : -1, {&a.q, &a.k, &a.v}, {&a.out});
-    attention_fwd_tile<VB, T>(slice<const T>(a.q, t.b, t.h), slice<const T>(a.k, t.b, t.h),
-                              slice<const T>(a.v, t.b, t.h), slice<T>(a.out, t.b, t.h), lse_slice<A>(a, t.b, t.h),
-                              t.ids, t.n, t.ids, t.n, a.head_dim, A(a.scale), biases.get(task, true, t), ws, next);
+    const Rows<const T> q = slice<const T>(a.q, t.b, t.h), k = slice<const T>(a.k, t.b, t.h),
+                        v = slice<const T>(a.v, t.b, t.h);
+    const PairBias<A> bias = biases.get(task, true, t);
+    if constexpr (kHalf)
+      half_attention_fwd_tile<VB, T>(q, k, v, slice<T>(a.out, t.b, t.h), lse_slice<A>(a, t.b, t.h), t.ids, t.n,
+                                     a.head_dim, A(a.scale), bias, ws, *a.half_gemm, next);
+    else
+      attention_fwd_tile<VB, T>(q, k, v, slice<T>(a.out, t.b, t.h), lse_slice<A>(a, t.b, t.h), t.ids, t.n, t.ids,
+                                t.n, a.head_dim, A(a.scale), bias, ws, next);
   }
+  if constexpr (kHalf) a.half_gemm->release();
 }
 
 // Task = chunk * heads + h runs the units (item * heads + h) of its chunk's items in order.
-template <int VB, typename T> LOGO_INLINE void local_bwd(const AttnArgs& a, int64_t begin, int64_t end) {
+template <int VB, typename T, bool kHalf> LOGO_INLINE void local_bwd_on(const AttnArgs& a, int64_t begin, int64_t end) {
   using A = acc_t<T>;
   LocalTasks tasks(a);
-  AttnWorkspace<A> ws(tasks.max_tokens(), a.head_dim);
+  LocalWorkspace<T, kHalf> ws(tasks.max_tokens(), a.head_dim);
   TaskBias<A> biases(a);
   const BwdChunks chunks(a);
   for (int64_t task = begin; task < end; ++task) {
@@ -138,14 +152,32 @@ template <int VB, typename T> LOGO_INLINE void local_bwd(const AttnArgs& a, int6
       const NextRows next = tasks.prefetch<T>(item + 1 < last ? (item + 1) * a.heads + h : next_task,
                                               {&a.dout, &a.q, &a.k, &a.v}, {&a.dq, &a.dk, &a.dv});
       const int64_t b = t.b;
-      attention_bwd_tile<VB, T>(slice<const T>(a.dout, b, h), slice<const T>(a.q, b, h), slice<const T>(a.k, b, h),
-                                slice<const T>(a.v, b, h), lse_slice<const A>(a, b, h),
-                                slice<T>(a.dq, b, h), t.ids, t.n, t.ids, t.n, a.head_dim, A(a.scale),
-                                biases.get(task, item == chunks.first(chunk), t), ws, next);
+      const Rows<const T> dout = slice<const T>(a.dout, b, h), q = slice<const T>(a.q, b, h),
+                          k = slice<const T>(a.k, b, h), v = slice<const T>(a.v, b, h);
+      const PairBias<A> bias = biases.get(task, item == chunks.first(chunk), t);
+      if constexpr (kHalf)
+        half_attention_bwd_tile<VB, T>(dout, q, k, v, lse_slice<const A>(a, b, h), slice<T>(a.dq, b, h), t.ids, t.n,
+                                       a.head_dim, A(a.scale), bias, ws, *a.half_gemm, next);
+      else
+        attention_bwd_tile<VB, T>(dout, q, k, v, lse_slice<const A>(a, b, h), slice<T>(a.dq, b, h), t.ids, t.n,
+                                  t.ids, t.n, a.head_dim, A(a.scale), bias, ws, next);
       store_rows(ws.dk, ws.dim_padded, t.n, a.head_dim, slice<T>(a.dk, b, h), t.ids, A(1), static_cast<A*>(nullptr));
       store_rows(ws.dv, ws.dim_padded, t.n, a.head_dim, slice<T>(a.dv, b, h), t.ids, A(1), static_cast<A*>(nullptr));
     }
   }
+  if constexpr (kHalf) a.half_gemm->release();
+}
+
+// bf16/fp16 run on the HalfGemm where the op glue gave one; everything else on the fp32 tiles.
+template <int VB, typename T> LOGO_INLINE void local_fwd(const AttnArgs& a, int64_t begin, int64_t end) {
+  if constexpr (sizeof(T) == 2)
+    if (a.half_gemm) return local_fwd_on<VB, T, true>(a, begin, end);
+  local_fwd_on<VB, T, false>(a, begin, end);
+}
+template <int VB, typename T> LOGO_INLINE void local_bwd(const AttnArgs& a, int64_t begin, int64_t end) {
+  if constexpr (sizeof(T) == 2)
+    if (a.half_gemm) return local_bwd_on<VB, T, true>(a, begin, end);
+  local_bwd_on<VB, T, false>(a, begin, end);
 }
 
 // Entries of the bias gradient per reduction task.

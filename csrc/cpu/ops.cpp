@@ -12,6 +12,7 @@
 
 #include "../capabilities.h"
 #include "../op_args.h"
+#include "half_gemm.h"
 #include "kernels.h"
 
 namespace logo_attn {
@@ -34,6 +35,7 @@ std::tuple<at::Tensor, at::Tensor> local_attn_fwd(const at::Tensor& q, const at:
   const Windows w = local_windows(op, q, grid, window, shift);
   AttnCall c = attention_fwd_call(op, kComputed, kKernels, q, k, v, scale, &w);
   if (bias) attach_bias(op, c, *bias, w);
+  c.args.half_gemm = cpu::half_gemm_for(q.scalar_type());
   run_tasks(cpu::local_attn_fwd, c.args, cpu::local_attn_fwd_tasks(c.args));
   return {c.out, c.lse};
 }
@@ -47,6 +49,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> local_attn_bwd(
   AttnCall c = attention_bwd_call(op, kComputed, kKernels, dout, q, k, v, out, lse, scale, &w, ReadsOut::no);
   if (bias) attach_bias(op, c, *bias, w);
   if (bias && bias_grad) attach_bias_grad(c, cpu::local_attn_bwd_chunks(c.args, /*bias_grad=*/true));
+  c.args.half_gemm = cpu::half_gemm_for(q.scalar_type());
   run_tasks(cpu::local_attn_bwd, c.args, cpu::local_attn_bwd_tasks(c.args));
   if (c.args.dbias) run_tasks(cpu::local_attn_dbias_reduce, c.args, cpu::local_attn_dbias_tasks(c.args));
   return {c.dq, c.dk, c.dv, bias_grad_output(c, bias)};
