@@ -154,7 +154,19 @@ def environment(device: torch.device, threads: int | None = None) -> dict:
     }
     roof = roofline_for(env["device"])
     env["roofline"] = roof.source if roof else None
+    if device.type == "cpu":
+        env["cpu_kernels"] = cpu_kernel_features()
     return env
+
+
+def cpu_kernel_features() -> dict | None:
+    """What the C++ CPU kernels run on here (`logo_attn._C.cpu_features()`: the ISA, and where bf16/fp16
+    local attention's products run), or None without the extension."""
+    try:
+        from logo_attn import _C
+    except ImportError:
+        return None
+    return _C.cpu_features()
 
 
 def start_run(device: torch.device, threads: int) -> dict:
@@ -169,6 +181,9 @@ def start_run(device: torch.device, threads: int) -> dict:
 
 def header_line(env: dict) -> str:
     driver = f" driver {env['driver']}" if env.get("driver") else ""
+    kernels = env.get("cpu_kernels")
+    if kernels:
+        driver += f" | C++ kernels {kernels['isa']}, bf16/fp16 local products on {kernels['bf16_gemm']}/{kernels['fp16_gemm']}"
     return (
         f"# {env['device']}{driver} | torch {env['torch']} | triton {env['triton']} | "
         f"logo_attn {env['logo_attn']} @ {env['commit']} | {env['threads']} threads | "

@@ -15,20 +15,34 @@ def cpu_paths(features: dict) -> dict[str, str]:
     isa = features["isa"]
     fma = {"avx512": "AVX-512 FMA", "avx2": "AVX2 FMA", "baseline": "SSE2/NEON"}[isa]
     unused = []
-    if features["amx_bf16"]:
+    if features["amx_bf16"] and features["bf16_gemm"] != "amx":
         unused.append("AMX-BF16 (PyTorch's brgemm could_pack)")
     if features["avx512_bf16"]:
         unused.append("AVX512-BF16")
-    bf16_note = (f"this CPU has {' and '.join(unused)}, which these kernels do not use yet" if unused
-                 else "this CPU has neither AMX-BF16 nor AVX512-BF16")
-    fp16_note = ("PyTorch's brgemm could run fp16 on AMX-FP16 here, which these kernels do not use yet"
-                 if features["amx_fp16"] else "no AMX-FP16 (a Granite Rapids feature)")
+    bf16_note = (f"this CPU has {' and '.join(unused)}, which these kernels do not use" if unused
+                 else "" if features["amx_bf16"] else "this CPU has neither AMX-BF16 nor AVX512-BF16")
+    fp16_note = "" if features["amx_fp16"] else "no AMX-FP16 (a Granite Rapids feature)"
+
+    def path(name: str, gemm: str, unit: str, note: str) -> str:
+        text = f"{fma} in fp32 on {name} loads converted to fp32, fp32 accumulation, rounded on store"
+        if gemm != "none":
+            text = f"local attention: {LOCAL_PRODUCTS[gemm].format(name=name, unit=unit)}; the rest: {text}"
+        return f"{text}; {note}" if note else text
+
     return {
         "float32": f"{fma} in fp32",
         "float64": f"{fma} in fp64 (libm exp)",
-        "bfloat16": f"{fma} in fp32 on bf16 loads converted to fp32, fp32 accumulation, rounded on store; {bf16_note}",
-        "float16": f"{fma} in fp32 on fp16 loads converted to fp32, fp32 accumulation, rounded on store; {fp16_note}",
+        "bfloat16": path("bf16", features["bf16_gemm"], "AMX-BF16", bf16_note),
+        "float16": path("fp16", features["fp16_gemm"], "AMX-FP16", fp16_note),
     }
+
+
+# Where bf16/fp16 local attention's products run, by `cpu_features()`'s bf16_gemm / fp16_gemm.
+LOCAL_PRODUCTS = {
+    "amx": "{name} products on {unit} (PyTorch's oneDNN brgemm), softmax and sums in fp32",
+    "brgemm": "PyTorch's brgemm on row-major {name} operands (LOGO_ATTN_CPU_HALF_GEMM=brgemm, a test mode)",
+    "emulated": "a scalar product on AMX's {name} operand layout (LOGO_ATTN_CPU_HALF_GEMM=emulated, a test mode)",
+}
 
 
 def report() -> str:
