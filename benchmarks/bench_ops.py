@@ -16,6 +16,9 @@ GPU from `benchmarks.environment.ROOFLINES` - and peak memory. `t/t_op` compares
 first implementation (the op on the first backend) in the same run: above 1, the op is faster. On
 CPU the implementations of a case are timed in alternating rounds and `t/t_op` is the median of the
 per-round ratios, so a change in the machine's load during the run does not favour one of them.
+On CPU in bf16/fp16, where local attention's products run on AMX (`python -m logo_attn.info`), the
+local rows add `op[cpu] fp32 tiles`: the same kernels with those dtypes converted to fp32, as on a CPU
+without AMX, timed in the same rounds.
 
     python benchmarks/bench_ops.py                       # CPU preset: B=4, 16x7x7, window 2x7x7, 8x64, fp32, 2 threads
     python benchmarks/bench_ops.py --preset gpu          # bf16, B=32, grids 16x7x7 and 16x14x14
@@ -30,6 +33,7 @@ built by `cases` below; this script keeps the alternating rounds that the ratios
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import functools
 import math
@@ -196,6 +200,51 @@ def _attention_bytes(batch: int, queries: int, keys: int, heads: int, head_dim: 
     return _fwdbwd(2 * q + 2 * kv + lse, 3 * q + 2 * kv + lse + q + 2 * kv)
 
 
+@contextlib.contextmanager
+def cpu_half_gemm(mode: str):
+    """bf16/fp16 local attention's product on the C++ CPU kernels set to `mode` inside the block."""
+    from logo_attn import _C
+
+    previous = _C.set_cpu_half_gemm(mode)
+    try:
+        yield
+    finally:
+        _C.set_cpu_half_gemm(previous)
+
+
+def active_cpu_half_gemm(dtype: torch.dtype) -> str:
+    """The product bf16/fp16 local attention runs on in the C++ CPU kernels now ("none": the fp32
+    tiles; also for other dtypes and without the extension)."""
+    try:
+        from logo_attn import _C
+    except ImportError:
+        return "none"
+    key = {torch.bfloat16: "bf16_gemm", torch.float16: "fp16_gemm"}.get(dtype)
+    return _C.cpu_features()[key] if key else "none"
+
+
+class LocalOnFp32Tiles(torch.autograd.Function):
+    """local_attention on the C++ CPU kernels with bf16/fp16 on the fp32 tiles, forward and backward,
+    whatever the CPU's default product: the row the AMX path is compared with in the same run."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, grid, window):
+        scale = q.shape[-1] ** -0.5
+        with cpu_half_gemm("off"):
+            out, lse = torch.ops.logo_attn_C.local_attn_fwd(q, k, v, grid, window, list(NO_SHIFT), None, scale)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.geometry = grid, window, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        grid, window, scale = ctx.geometry
+        with cpu_half_gemm("off"):
+            dq, dk, dv, _ = torch.ops.logo_attn_C.local_attn_bwd(dout, *ctx.saved_tensors, grid, window,
+                                                                  list(NO_SHIFT), None, scale, False)
+        return dq, dk, dv, None, None
+
+
 def local_case(args, grid, backend_names, peer_names, device, dtype) -> Case:
     B, heads, d, window = args.batch, args.heads, args.head_dim, clip_window(grid, args.window)
     tokens = math.prod(grid)
@@ -205,6 +254,9 @@ def local_case(args, grid, backend_names, peer_names, device, dtype) -> Case:
         return lambda: logo_attn.local_attention(*packed.unbind(2), grid, window, backend=backend)
 
     impls = [Impl(f"op[{b}]", op(b), [qkv]) for b in backend_names]
+    if device.type == "cpu" and "cpu" in backend_names and active_cpu_half_gemm(dtype) != "none":
+        impls.append(Impl("op[cpu] fp32 tiles", lambda: LocalOnFp32Tiles.apply(*qkv.unbind(2), list(grid), list(window)),
+                          [qkv]))
     if "partition_sdpa" in peer_names:
         impls.append(Impl("partition+sdpa", lambda: peers.partition_sdpa(*qkv.unbind(2), grid, window), [qkv]))
     if "flex" in peer_names:

@@ -82,6 +82,18 @@ static PyObject* cpu_features(PyObject*, PyObject*) {
   return nullptr;
 }
 
+// For benchmarks and tests: which product bf16/fp16 local attention's next calls run on.
+static PyObject* set_cpu_half_gemm(PyObject*, PyObject* arg) {
+  const char* mode = PyUnicode_AsUTF8(arg);
+  if (!mode) return nullptr;
+  try {
+    return PyUnicode_FromString(logo_attn::cpu::set_half_gemm_mode(mode));
+  } catch (const c10::Error& e) {
+    PyErr_SetString(PyExc_ValueError, e.what_without_backtrace());
+    return nullptr;
+  }
+}
+
 static PyObject* capabilities(PyObject*, PyObject*) {
   PyObject* result = PyDict_New();
   if (!result) return nullptr;
@@ -101,6 +113,10 @@ PyObject* PyInit__C(void) {
        "What the CPU offers the kernels: {'isa': cpu_isa(), 'avx512_bf16': bool (the CPU flag), 'amx_bf16' / "
        "'amx_fp16': bool (PyTorch's brgemm could_pack for that dtype), 'bf16_gemm' / 'fp16_gemm': the product "
        "bf16/fp16 local attention runs on ('amx', 'none': the fp32 tiles, or a test mode: 'brgemm', 'emulated')}."},
+      {"set_cpu_half_gemm", set_cpu_half_gemm, METH_O,
+       "set_cpu_half_gemm(mode) -> previous mode: the product of bf16/fp16 local attention's next CPU calls, as "
+       "LOGO_ATTN_CPU_HALF_GEMM sets it at start ('auto': AMX where PyTorch's brgemm packs the dtype, else the fp32 "
+       "tiles; 'off': the fp32 tiles; 'brgemm', 'emulated': test modes). For benchmarks and tests."},
       {"capabilities", capabilities, METH_NOARGS,
        "What the kernels of this build compute, per device type ('cpu', and 'cuda' when the CUDA kernels were "
        "built): {'dtypes': [torch dtype names], 'max_head_dim': int, 0 meaning no limit}."},

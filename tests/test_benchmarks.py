@@ -277,6 +277,32 @@ def test_bench_ops_runs_and_checks_every_row(tmp_path):
     assert out.with_suffix(".csv").read_text().count("\n") == len(rows) + 1
 
 
+def test_bench_ops_compares_the_half_product_with_the_fp32_tiles(tmp_path):
+    """Where bf16 local attention's products run on a HalfGemm (AMX; here the `brgemm` test mode), the
+    local rows add the same kernels on the fp32 tiles, each checked against the float64 reference."""
+    try:
+        from logo_attn import _C  # noqa: F401
+    except ImportError:
+        pytest.skip("the C++ extension is not built here: no CPU kernels to compare")
+    out = tmp_path / "ops"
+    with bench_ops.cpu_half_gemm("brgemm"):
+        rows = bench_ops.main([
+            "--device", "cpu", "--backend", "cpu", "--ops", "local", "--dtype", "bfloat16", "--batch", "1",
+            "--grid", "3x5x4", "--window", "2x3x3", "--heads", "2", "--head-dim", "16", "--peers", "partition_sdpa",
+            "--min-run-time", "0.005", "--threads", "1", "--out", str(out),
+        ])
+        q, k, v = (torch.randn(1, 60, 2, 16, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+        tiles = bench_ops.LocalOnFp32Tiles.apply(q, k, v, [3, 5, 4], [2, 3, 3])
+        tile_grads = torch.autograd.grad(tiles, (q, k, v), torch.ones_like(tiles))
+    assert {r["impl"] for r in rows} == {"op[cpu]", "op[cpu] fp32 tiles", "partition+sdpa"}
+    assert all(r["status"] == "ok" for r in rows), [r["status"] for r in rows if r["status"] != "ok"]
+    assert json.loads(out.with_suffix(".json").read_text())["environment"]["cpu_kernels"]["bf16_gemm"] == "brgemm"
+    with bench_ops.cpu_half_gemm("off"):  # the variant is exactly the fp32 tiles' result
+        plain = logo_attn.local_attention(q, k, v, (3, 5, 4), (2, 3, 3), backend="cpu")
+        plain_grads = torch.autograd.grad(plain, (q, k, v), torch.ones_like(plain))
+    assert all(torch.equal(a, b) for a, b in zip((tiles, *tile_grads), (plain, *plain_grads)))
+
+
 def test_bench_ops_reports_a_wrong_peer_instead_of_timing_it(monkeypatch, tmp_path):
     monkeypatch.setattr(peers, "sdpa_global", lambda q, k, v: peers.F.scaled_dot_product_attention(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2).contiguous() * 1.01)

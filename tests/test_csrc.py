@@ -187,6 +187,20 @@ def test_half_gemm_test_modes_match_reference(cpp, mode):
                           files=("test_csrc.py", "test_csrc_shift_bias.py", "test_local_attn.py"))
 
 
+def test_half_gemm_mode_switches_for_the_next_calls_and_rejects_unknown_modes(cpp):
+    from logo_attn import _C
+
+    start = _C.set_cpu_half_gemm("emulated")
+    try:
+        assert _C.cpu_features()["bf16_gemm"] == "emulated" and _C.set_cpu_half_gemm("off") == "emulated"
+        assert _C.cpu_features()["bf16_gemm"] == "none"
+        with pytest.raises(ValueError, match="expected auto, off, brgemm or emulated"):
+            _C.set_cpu_half_gemm("amx")
+        assert _C.cpu_features()["bf16_gemm"] == "none"  # a rejected mode changes nothing
+    finally:
+        _C.set_cpu_half_gemm(start)
+
+
 def test_cpu_features_match_the_cpu_flags_and_info_names_every_dtype(cpp):
     """The extension's view of the CPU against the kernel's own list (/proc/cpuinfo), and the path
     logo_attn.info prints for each dtype the CPU backend computes."""

@@ -194,6 +194,14 @@ template <typename A, int VB> LOGO_INLINE void mask_padding(A* s, int64_t n, int
   }
 }
 
+// A row of n scores (padded to np) becomes exp(s - max), with its maximum and the sum.
+template <typename A, int VB> LOGO_INLINE void softmax_numerators(A* s, int64_t n, int64_t np, A& max, A& sum) {
+  mask_padding<A, VB>(s, n, np);
+  max = max_of<A, VB>(s, np);
+  exp_inplace<A, VB>(s, np, max);
+  sum = sum_of<A, VB>(s, np);
+}
+
 // Forward: out rows qids and lse[qids] (lse points at this slice's N values) from keys kids.
 template <int VB, typename T>
 LOGO_INLINE void attention_fwd_tile(Rows<const T> q, Rows<const T> k, Rows<const T> v, Rows<T> out, acc_t<T>* lse,
@@ -213,11 +221,7 @@ LOGO_INLINE void attention_fwd_tile(Rows<const T> q, Rows<const T> k, Rows<const
     matmul<A, VB>(m, np, d, ws.q, dp, 1, ws.kt, np, ws.s, np, bias.table != nullptr);
     A *row_max = ws.row, *row_sum = ws.row + ws.block, *row_lse = ws.row + 2 * ws.block;
     for (int64_t i = 0; i < m; ++i) {
-      A* s = ws.s + i * np;
-      mask_padding<A, VB>(s, n_k, np);
-      row_max[i] = max_of<A, VB>(s, np);
-      exp_inplace<A, VB>(s, np, row_max[i]);
-      row_sum[i] = sum_of<A, VB>(s, np);
+      softmax_numerators<A, VB>(ws.s + i * np, n_k, np, row_max[i], row_sum[i]);
       next.fetch(q0 + i);
     }
     finish_softmax_rows<A, VB>(row_max, row_sum, row_lse, m);  // row_sum becomes 1 / sum

@@ -171,12 +171,8 @@ LOGO_INLINE void half_attention_fwd_tile(Rows<const T> q, Rows<const T> k, Rows<
     g.multiply(m, np, de, de, np, np, false, ws.q, ws.kt, ws.s);
     float *row_max = ws.row, *row_sum = ws.row + ws.block, *row_lse = ws.row + 2 * ws.block;
     for (int64_t i = 0; i < m; ++i) {
-      float* s = ws.s + i * np;
-      scale_scores<VB>(s, q0 + i, n, np, scale, bias, ws.bias);
-      mask_padding<float, VB>(s, n, np);
-      row_max[i] = max_of<float, VB>(s, np);
-      exp_inplace<float, VB>(s, np, row_max[i]);
-      row_sum[i] = sum_of<float, VB>(s, np);
+      scale_scores<VB>(ws.s + i * np, q0 + i, n, np, scale, bias, ws.bias);
+      softmax_numerators<float, VB>(ws.s + i * np, n, np, row_max[i], row_sum[i]);
       next.fetch(q0 + i);
     }
     finish_softmax_rows<float, VB>(row_max, row_sum, row_lse, m);  // row_sum becomes 1 / sum

@@ -7,6 +7,7 @@
 #include <c10/util/Exception.h>
 #include <c10/util/Half.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <type_traits>
@@ -24,20 +25,21 @@ namespace logo_attn::cpu {
 namespace {
 
 enum class Mode { automatic, off, brgemm, emulated };
+constexpr const char* kModeNames[] = {"auto", "off", "brgemm", "emulated"};
 
-Mode mode_from_environment() {
-  const char* value = std::getenv("LOGO_ATTN_CPU_HALF_GEMM");
-  if (!value || !*value || !std::strcmp(value, "auto")) return Mode::automatic;
-  if (!std::strcmp(value, "off")) return Mode::off;
-  if (!std::strcmp(value, "brgemm")) return Mode::brgemm;
-  if (!std::strcmp(value, "emulated")) return Mode::emulated;
-  TORCH_CHECK(false, "LOGO_ATTN_CPU_HALF_GEMM=", value, ": expected auto, off, brgemm or emulated");
+Mode parse_mode(const char* value, const char* where) {
+  if (!value || !*value) return Mode::automatic;
+  for (int m = 0; m < 4; ++m)
+    if (!std::strcmp(value, kModeNames[m])) return Mode(m);
+  TORCH_CHECK(false, where, "=", value, ": expected auto, off, brgemm or emulated");
 }
 
-Mode mode() {
-  static const Mode m = mode_from_environment();
-  return m;
+// Read from the environment at first use; set_half_gemm_mode changes it for the calls after.
+std::atomic<int>& mode_slot() {
+  static std::atomic<int> slot{int(parse_mode(std::getenv("LOGO_ATTN_CPU_HALF_GEMM"), "LOGO_ATTN_CPU_HALF_GEMM"))};
+  return slot;
 }
+Mode mode() { return Mode(mode_slot().load(std::memory_order_relaxed)); }
 
 #ifdef LOGO_ATTN_HAS_BRGEMM
 template <typename C10T, bool kVnni>
@@ -100,6 +102,15 @@ const char* half_gemm_name(at::ScalarType dtype) {
   if (!g) return "none";
   if (mode() == Mode::emulated) return "emulated";
   return g->vnni ? "amx" : "brgemm";
+}
+
+}  // namespace logo_attn::cpu
+
+namespace logo_attn::cpu {
+
+const char* set_half_gemm_mode(const char* mode) {
+  const Mode wanted = parse_mode(mode, "half_gemm mode");
+  return kModeNames[mode_slot().exchange(int(wanted))];
 }
 
 }  // namespace logo_attn::cpu
