@@ -145,11 +145,12 @@ template <int VB> LOGO_INLINE vec<float, VB> exp_vec(vec<float, VB> x) {
   const vf lo = splat<float, VB>(-87.0f), hi = splat<float, VB>(88.0f);
   vf xc = x < lo ? lo : x;
   xc = xc > hi ? hi : xc;
-  vf fx = xc * 1.44269504088896341f + 0.5f;
-  vi n = __builtin_convertvector(fx, vi);  // truncates towards 0: make it floor
-  vf nf = __builtin_convertvector(n, vf);
-  n = n + (nf > fx);  // comparisons give -1 where true
-  nf = __builtin_convertvector(n, vf);
+  // n = round(x log2 e) by adding 1.5 * 2^23, which leaves n in the low mantissa bits (one add where
+  // a float -> int -> float floor takes five; no -ffast-math here, which would fold the add and the
+  // subtraction): r = x - n ln 2 lies in [-ln 2 / 2, ln 2 / 2].
+  const vf magic = splat<float, VB>(12582912.0f);
+  const vf shifted = xc * 1.44269504088896341f + magic;
+  const vf nf = shifted - magic;
   vf r = xc - nf * 0.693359375f - nf * -2.12194440e-4f;
   vf p = splat<float, VB>(1.9875691500e-4f);
   p = p * r + 1.3981999507e-3f;
@@ -158,7 +159,9 @@ template <int VB> LOGO_INLINE vec<float, VB> exp_vec(vec<float, VB> x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  vi bits = (n + 127) << 23;
+  vi bits;
+  __builtin_memcpy(&bits, &shifted, VB);
+  bits = (bits + 127) << 23;  // 2^n: (magic's bits + n + 127) << 23, magic's bits shifting out
   vf scale;
   __builtin_memcpy(&scale, &bits, VB);
   vf y = p * scale;
