@@ -57,16 +57,16 @@ template <typename T> struct HalfWorkspace {
     for (int64_t n : halves) bytes += pad_to_vectors<T>(n) * int64_t(sizeof(T));
     for (int64_t n : floats) bytes += pad_to_vectors<float>(n) * int64_t(sizeof(float));
     bytes += block * int64_t(sizeof(int64_t)) + pad_to_vectors<T>(head_dim) * int64_t(sizeof(T));
-    char* p = static_cast<char*>(::operator new[](bytes, std::align_val_t(64)));
-    std::memset(p, 0, bytes);  // every read is of written values; zeros keep it so if one is not
-    storage.reset(p);
+    char* cursor = static_cast<char*>(::operator new[](bytes, std::align_val_t(64)));
+    std::memset(cursor, 0, bytes);  // every read is of written values; zeros keep it so if one is not
+    storage.reset(cursor);
     int next = 0;
-    for (T** panel : {&kt, &vt, &k, &v, &q, &dout, &qb, &doutb, &this->p, &ds, &pt, &dst})
-      *panel = reinterpret_cast<T*>(p), p += pad_to_vectors<T>(halves[next++]) * int64_t(sizeof(T));
+    for (T** panel : {&kt, &vt, &k, &v, &q, &dout, &qb, &doutb, &p, &ds, &pt, &dst})
+      *panel = reinterpret_cast<T*>(cursor), cursor += pad_to_vectors<T>(halves[next++]) * int64_t(sizeof(T));
     next = 0;
     for (float** panel : {&s, &dp, &out, &dk, &dv, &bias, &row})
-      *panel = reinterpret_cast<float*>(p), p += pad_to_vectors<float>(floats[next++]) * int64_t(sizeof(float));
-    iota = reinterpret_cast<int64_t*>(p);
+      *panel = reinterpret_cast<float*>(cursor), cursor += pad_to_vectors<float>(floats[next++]) * int64_t(sizeof(float));
+    iota = reinterpret_cast<int64_t*>(cursor);
     for (int64_t i = 0; i < block; ++i) iota[i] = i;
     zeros = reinterpret_cast<T*>(iota + block);
   }
