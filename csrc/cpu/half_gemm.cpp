@@ -71,8 +71,8 @@ template <typename C10T> const HalfGemm* gemm_of(Mode m) {
 #ifdef LOGO_ATTN_HAS_BRGEMM
   static const HalfGemm amx{&brgemm_multiply<C10T, true>, &brgemm_release<true>, true};
   static const HalfGemm plain{&brgemm_multiply<C10T, false>, &brgemm_release<false>, false};
-  if (m == Mode::automatic)
-    return brgemm_could_pack(std::is_same_v<C10T, c10::BFloat16> ? at::kBFloat16 : at::kHalf) ? &amx : nullptr;
+  static const bool packs = brgemm_could_pack(std::is_same_v<C10T, c10::BFloat16> ? at::kBFloat16 : at::kHalf);
+  if (m == Mode::automatic) return packs ? &amx : nullptr;
   if (m == Mode::brgemm) return &plain;
 #else
   TORCH_CHECK(m != Mode::brgemm, "LOGO_ATTN_CPU_HALF_GEMM=brgemm: this torch has no brgemm interface");
@@ -103,10 +103,6 @@ const char* half_gemm_name(at::ScalarType dtype) {
   if (mode() == Mode::emulated) return "emulated";
   return g->vnni ? "amx" : "brgemm";
 }
-
-}  // namespace logo_attn::cpu
-
-namespace logo_attn::cpu {
 
 const char* set_half_gemm_mode(const char* mode) {
   const Mode wanted = parse_mode(mode, "half_gemm mode");
