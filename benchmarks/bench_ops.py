@@ -52,7 +52,8 @@ import logo_attn
 from benchmarks import peers
 from benchmarks.cli import check_device, convert, positive_float, positive_int, triple
 from benchmarks.counting import count_flops
-from benchmarks.environment import ROOT, Roofline, device_tag, measure_cpu_limits, roofline_for, start_run
+from benchmarks.environment import (ROOT, Roofline, cpu_kernel_features, device_tag, measure_cpu_limits, roofline_for,
+                                    start_run)
 from benchmarks.results import table, write_results
 from benchmarks.timing import measure_many, paired_ratio, peak_memory
 from logo_attn import backends, reference
@@ -215,12 +216,8 @@ def cpu_half_gemm(mode: str):
 def active_cpu_half_gemm(dtype: torch.dtype) -> str:
     """The product bf16/fp16 local attention runs on in the C++ CPU kernels now ("none": the fp32
     tiles; also for other dtypes and without the extension)."""
-    try:
-        from logo_attn import _C
-    except ImportError:
-        return "none"
     key = {torch.bfloat16: "bf16_gemm", torch.float16: "fp16_gemm"}.get(dtype)
-    return _C.cpu_features()[key] if key else "none"
+    return (cpu_kernel_features() or {}).get(key, "none")
 
 
 class LocalOnFp32Tiles(torch.autograd.Function):
