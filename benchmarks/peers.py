@@ -136,9 +136,15 @@ def _relative_position_score_mod(grid: tuple, table: Tensor):
     coords = [c.reshape(-1) for c in torch.meshgrid(*(torch.arange(g, device=table.device) for g in grid),
                                                      indexing="ij")]
     extents = table_window(table)
+    # An axis whose window is 1 wide (the frame axis of a 2-D grid) always has offset 0: it indexes the
+    # table with a constant, because Inductor's CPU FlexAttention template (2.13) fails to lower a
+    # score_mod that reads the all-zero coordinates of such an axis ("All the buffers in the score and
+    # mask subgraph should be in kernel_group.args.input_buffers").
+    wide = [e > 1 for e in extents]
 
     def add_bias(score, b, h, q_idx, kv_idx):
-        t, y, x = ((c[q_idx] - c[kv_idx] + e - 1).clamp(0, 2 * e - 2) for c, e in zip(coords, extents))
+        t, y, x = ((c[q_idx] - c[kv_idx] + e - 1).clamp(0, 2 * e - 2) if w else 0
+                   for c, e, w in zip(coords, extents, wide))
         return score + table[h, t, y, x]
 
     return add_bias

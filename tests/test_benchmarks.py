@@ -52,12 +52,14 @@ def test_local_peers_equal_the_op(peer, grid, window):
     assert close(grad, want)
 
 
-@pytest.mark.parametrize("swin", [False, True], ids=["plain", "shift+bias"])
-def test_flex_peer_equals_the_op(swin):
+@pytest.mark.parametrize("swin,grid,window", [(False, (3, 5, 7), (2, 3, 3)), (True, (3, 5, 7), (2, 3, 3)),
+                                              (True, (1, 6, 7), (1, 3, 3))], ids=["plain", "shift+bias", "2d+bias"])
+def test_flex_peer_equals_the_op(swin, grid, window):
     """Compiled FlexAttention with the cached block mask (shifted windows and the bias score_mod for
-    Swin, on a grid the windows do not divide); forward only on CPU (it has no CPU backward)."""
-    grid, window = (3, 5, 7), (2, 3, 3)
-    shift, table = ((1, 1, 1), torch.randn(2, *bias_table_shape(window))) if swin else (NO_SHIFT, None)
+    Swin, on grids the windows do not divide; a 2-D grid, whose one-frame window Inductor's CPU
+    template once failed to lower); forward only on CPU (it has no CPU backward)."""
+    shift = tuple(w // 2 for w in window) if swin else NO_SHIFT  # Swin's shift: 0 on a one-frame axis
+    table = torch.randn(2, *bias_table_shape(window)) if swin else None
     qkv = torch.randn(1, math.prod(grid), 3, 2, 16)
     flex = peers.FlexLocalAttention(grid, window, torch.device("cpu"), shift, table)
     assert not flex.has_backward
