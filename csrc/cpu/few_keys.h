@@ -8,7 +8,9 @@
 // task. A query's scores are 8-lane vectors (one per 8 keys, no padding to 16) built by broadcasting
 // its values onto Kᵀ, so there is no horizontal sum per key; the 8 rows of a group share every key
 // load and are independent FMA chains. Softmax, the log-sum-exp and the backward's P and dS stay in
-// registers or a few hundred bytes of stack.
+// registers or a few hundred bytes of stack. fp32 rows of whole vectors are read and written in
+// place (the softmax scale is folded into Kᵀ, so a query row needs no scaled copy): a copy into L1
+// and back per group cost ~15 % of the forward and ~10 % of the backward.
 #pragma once
 
 #include <algorithm>
@@ -38,27 +40,30 @@ inline bool few_keys(int64_t keys) { return keys <= kFewKeys; }
 struct FewKeyPanels {
   int64_t keys, chunks, d, dp, heads, packed_batch = -1;
   int64_t key_t, key_rows;  // floats per head of a transposed panel and of a row panel
+  int64_t sum_rows;         // floats per head of dK's and dV's sums: every key of the chunks, padding too
   std::unique_ptr<float[], void (*)(float*)> storage{nullptr, [](float* p) { ::operator delete[](p, std::align_val_t(64)); }};
   float *kt, *vt, *k, *v;  // heads consecutive panels each
-  float *dk, *dv;          // backward: this task's sums, heads x keys x dp
-  float *qp, *gp, *op;     // kGroup x dp: scaled Q, dO, and O (dQ) before their store
+  float *dk, *dv;          // backward: this task's sums, heads x chunks*8 x dp
+  float *qp, *gp, *op;     // kGroup x dp: Q, dO, and O (dQ), where they are converted (group_rows)
+  float* zero;             // dp zeros: the rows past a group's end
 
   FewKeyPanels(int64_t n_keys, int64_t head_dim, int64_t n_heads)
       : keys(n_keys), chunks((n_keys + kKeyLanes - 1) / kKeyLanes), d(head_dim), dp(pad_to_vectors<float>(head_dim)),
         heads(n_heads) {
-    key_t = d * chunks * kKeyLanes, key_rows = keys * dp;
-    const int64_t total = heads * (2 * key_t + 4 * key_rows) + 3 * kGroup * dp;
+    key_t = d * chunks * kKeyLanes, key_rows = keys * dp, sum_rows = chunks * kKeyLanes * dp;
+    const int64_t total = heads * (2 * key_t + 2 * key_rows + 2 * sum_rows) + (3 * kGroup + 1) * dp;
     float* p = static_cast<float*>(::operator new[](sizeof(float) * total, std::align_val_t(64)));
     std::fill(p, p + total, 0.0f);  // the padding columns and keys stay zero
     storage.reset(p);
     kt = p, vt = kt + heads * key_t, k = vt + heads * key_t, v = k + heads * key_rows;
-    dk = v + heads * key_rows, dv = dk + heads * key_rows;
-    qp = dv + heads * key_rows, gp = qp + kGroup * dp, op = gp + kGroup * dp;
+    dk = v + heads * key_rows, dv = dk + heads * sum_rows;
+    qp = dv + heads * sum_rows, gp = qp + kGroup * dp, op = gp + kGroup * dp, zero = op + kGroup * dp;
   }
 
-  // Kᵀ, K (when `rows_of_k`), V and Vᵀ (when `transposed_v`) of batch b's heads from the inputs.
+  // scale Kᵀ (the scores' operand: the scale is folded there, so that query rows are read as they
+  // are), K, V and Vᵀ (when `transposed_v`) of batch b's heads from the inputs.
   template <typename T> void pack(const Rows<const T>* k_heads, const Rows<const T>* v_heads, int64_t b,
-                                  bool transposed_v) {
+                                  bool transposed_v, float scale) {
     if (packed_batch == b) return;
     packed_batch = b;
     const int64_t ld = chunks * kKeyLanes;
@@ -68,7 +73,7 @@ struct FewKeyPanels {
         const T* vr = v_heads[h].row(j);
         for (int64_t c = 0; c < d; ++c) {
           const float kc = to_acc(kr[c]), vc = to_acc(vr[c]);
-          kt[h * key_t + c * ld + j] = kc, k[h * key_rows + j * dp + c] = kc;
+          kt[h * key_t + c * ld + j] = kc * scale, k[h * key_rows + j * dp + c] = kc;
           v[h * key_rows + j * dp + c] = vc;
           if (transposed_v) vt[h * key_t + c * ld + j] = vc;
         }
@@ -95,22 +100,50 @@ template <typename T> void head_rows(const Tensor4& t, int64_t b, int64_t heads,
     }                                                             \
   }
 
-// dst[r][c] = scale * src.row(n0 + r)[c] for the `rows` rows of a group, zero rows after them (their
-// results are computed and dropped: zeros keep them finite and their gradient shares exactly zero).
+// The float rows of a group: where the input is fp32 and its rows hold whole vectors (d == dp), the
+// input rows themselves, read in place; else converted into `buf` (kGroup x dp). Rows past the
+// group's end read zeros: their results are computed and dropped, and their gradient shares are zero.
 template <typename T>
-LOGO_INLINE void pack_group(Rows<const T> src, int64_t n0, int rows, int64_t d, int64_t dp, float* dst, float scale) {
+LOGO_INLINE void group_rows(Rows<const T> src, int64_t n0, int rows, const FewKeyPanels& ws, float* buf,
+                            const float* (&x)[kGroup]) {
+  const int64_t d = ws.d, dp = ws.dp;
+  if constexpr (std::is_same_v<T, float>) {
+    if (d == dp) {
+      for (int r = 0; r < kGroup; ++r) x[r] = r < rows ? src.row(n0 + r) : ws.zero;
+      return;
+    }
+  }
   for (int r = 0; r < rows; ++r) {
     const T* s = src.row(n0 + r);
-    for (int64_t c = 0; c < d; ++c) dst[r * dp + c] = to_acc(s[c]) * scale;
+    for (int64_t c = 0; c < d; ++c) buf[r * dp + c] = to_acc(s[c]);
   }
-  std::fill(dst + rows * dp, dst + kGroup * dp, 0.0f);
+  std::fill(buf + rows * dp, buf + kGroup * dp, 0.0f);
+  for (int r = 0; r < kGroup; ++r) x[r] = buf + r * dp;
+}
+
+// Where a group's float results go: the output rows themselves where group_rows would read them in
+// place, else `buf`, which store_group then converts.
+template <typename T> LOGO_INLINE bool stores_in_place(const FewKeyPanels& ws) {
+  return std::is_same_v<T, float> && ws.d == ws.dp;
+}
+template <typename T>
+LOGO_INLINE void group_outputs(Rows<T> dst, int64_t n0, int rows, const FewKeyPanels& ws, float* (&o)[kGroup]) {
+  for (int r = 0; r < kGroup; ++r) {
+    if constexpr (std::is_same_v<T, float>) {
+      if (stores_in_place<T>(ws)) {
+        o[r] = r < rows ? dst.row(n0 + r) : nullptr;
+        continue;
+      }
+    }
+    o[r] = ws.op + r * ws.dp;
+  }
 }
 
 template <typename T>
-LOGO_INLINE void store_group(const float* src, int64_t dp, int rows, int64_t d, Rows<T> dst, int64_t n0, float scale) {
+LOGO_INLINE void store_group(const float* src, int64_t dp, int rows, int64_t d, Rows<T> dst, int64_t n0) {
   for (int r = 0; r < rows; ++r) {
     T* o = dst.row(n0 + r);
-    for (int64_t c = 0; c < d; ++c) o[c] = from_acc<T>(src[r * dp + c] * scale);
+    for (int64_t c = 0; c < d; ++c) o[c] = from_acc<T>(src[r * dp + c]);
   }
 }
 
@@ -129,14 +162,14 @@ template <typename T> LOGO_INLINE void prefetch_group(Rows<T> x, int64_t n0, int
 // s[r][kc] = sum_c x[r][c] * panel[c][kc*8 .. kc*8+8): the group's rows against the keys of a
 // transposed panel, CH chunks of 8 keys.
 template <int CH>
-LOGO_INLINE void group_scores(const float* x, int64_t dp, const float* panel, int64_t d, KeyVec (&s)[kGroup][CH]) {
+LOGO_INLINE void group_scores(const float* const (&x)[kGroup], const float* panel, int64_t d, KeyVec (&s)[kGroup][CH]) {
   for (int r = 0; r < kGroup; ++r)
     for (int c = 0; c < CH; ++c) s[r][c] = KeyVec{};
   for (int64_t c = 0; c < d; ++c) {
     KeyVec key[CH];
     for (int j = 0; j < CH; ++j) key[j] = load<float, 32>(panel + (c * CH + j) * kKeyLanes);
     for (int r = 0; r < kGroup; ++r) {
-      const float a = x[r * dp + c];
+      const float a = x[r][c];
       for (int j = 0; j < CH; ++j) s[r][j] += a * key[j];
     }
   }
@@ -150,9 +183,11 @@ template <int CH> LOGO_INLINE void mask_keys(KeyVec (&s)[CH], int64_t keys) {
   for (int j = 0; j < CH; ++j) s[j] = lane + int32_t(j * kKeyLanes) < int32_t(keys) ? s[j] : minus_inf;
 }
 
-// out[r][:] = sum_j w[r][j] * panel[j][:] for the group (w: kGroup x ldw weights, panel: keys x dp).
+// o[r][:] = scale * sum_j w[r][j] * panel[j][:] for the group's `rows` rows (w: kGroup x ldw weights,
+// panel: keys x dp).
 template <int VB>
-LOGO_INLINE void group_mix(const float* w, int64_t ldw, const float* panel, int64_t keys, int64_t dp, float* out) {
+LOGO_INLINE void group_mix(const float* w, int64_t ldw, const float* panel, int64_t keys, int64_t dp,
+                           float* const (&o)[kGroup], int rows, float scale) {
   constexpr int L = lanes<float, VB>;
   using V = vec<float, VB>;
   for (int64_t c = 0; c < dp; c += L) {
@@ -162,31 +197,43 @@ LOGO_INLINE void group_mix(const float* w, int64_t ldw, const float* panel, int6
       const V row = load<float, VB>(panel + j * dp + c);
       for (int r = 0; r < kGroup; ++r) acc[r] += w[r * ldw + j] * row;
     }
-    for (int r = 0; r < kGroup; ++r) store<float, VB>(out + r * dp + c, acc[r]);
+    for (int r = 0; r < rows; ++r) store<float, VB>(o[r] + c, acc[r] * scale);
   }
 }
 
-// sums[j][:] += sum_r w[r][j] * x[r][:]: the group's share of dV (w = P, x = dO) or dK (dS, scale Q).
-template <int VB>
-LOGO_INLINE void group_outer(const float* w, int64_t ldw, const float* x, int64_t keys, int64_t dp, float* sums) {
+// sums[j][:] += sum_r w[r][j] * x[r][:] over the CH*8 keys (the padding keys' weights are zero): the
+// group's share of dV (w = P, x = dO) or, unscaled, of dK (dS, Q). Eight keys' accumulators at a
+// time, so that each x vector is loaded once for eight FMAs; each sum adds the rows in order r.
+template <int VB, int CH>
+LOGO_INLINE void group_outer(const float* w, const float* const (&x)[kGroup], int64_t dp, float* sums) {
   constexpr int L = lanes<float, VB>;
+  constexpr int ld = CH * kKeyLanes;
   using V = vec<float, VB>;
-  for (int64_t j = 0; j < keys; ++j)
+  for (int kc = 0; kc < CH; ++kc)
     for (int64_t c = 0; c < dp; c += L) {
-      V acc = load<float, VB>(sums + j * dp + c);
-      for (int r = 0; r < kGroup; ++r) acc += w[r * ldw + j] * load<float, VB>(x + r * dp + c);
-      store<float, VB>(sums + j * dp + c, acc);
+      float* s = sums + kc * kKeyLanes * dp + c;
+      V acc[kKeyLanes];
+      for (int j = 0; j < kKeyLanes; ++j) acc[j] = load<float, VB>(s + j * dp);
+      for (int r = 0; r < kGroup; ++r) {
+        const V xr = load<float, VB>(x[r] + c);
+        for (int j = 0; j < kKeyLanes; ++j) acc[j] += w[r * ld + kc * kKeyLanes + j] * xr;
+      }
+      for (int j = 0; j < kKeyLanes; ++j) store<float, VB>(s + j * dp, acc[j]);
     }
 }
 
 // Forward of one group of rows and one head: out rows, and the rows' log-sum-exp into lse[0..rows).
+// The scale is in the Kᵀ panel (FewKeyPanels::pack).
 template <int VB, int CH, typename T>
-LOGO_INLINE void few_keys_fwd_group(Rows<const T> q, Rows<T> out, float* lse, int64_t n0, int rows, float scale,
+LOGO_INLINE void few_keys_fwd_group(Rows<const T> q, Rows<T> out, float* lse, int64_t n0, int rows,
                                     const FewKeyPanels& ws, int64_t h) {
-  const int64_t d = ws.d, dp = ws.dp, ld = CH * kKeyLanes;
-  pack_group(q, n0, rows, d, dp, ws.qp, scale);
+  const int64_t ld = CH * kKeyLanes;
+  const float* x[kGroup];
+  float* o[kGroup];
+  group_rows(q, n0, rows, ws, ws.qp, x);
+  group_outputs(out, n0, rows, ws, o);
   KeyVec s[kGroup][CH];
-  group_scores<CH>(ws.qp, dp, ws.kt + h * ws.key_t, d, s);
+  group_scores<CH>(x, ws.kt + h * ws.key_t, ws.d, s);
   alignas(64) float p[kGroup][CH * kKeyLanes];
   KeyVec row_max, row_sum;
   for (int r = 0; r < kGroup; ++r) {
@@ -202,21 +249,24 @@ LOGO_INLINE void few_keys_fwd_group(Rows<const T> q, Rows<T> out, float* lse, in
   for (int r = 0; r < kGroup; ++r)
     for (int j = 0; j < CH; ++j) store<float, 32>(p[r] + j * kKeyLanes, s[r][j] * inv[r]);
   for (int r = 0; r < rows; ++r) lse[r] = row_lse[r];
-  group_mix<VB>(&p[0][0], ld, ws.v + h * ws.key_rows, ws.keys, dp, ws.op);
-  store_group(ws.op, dp, rows, d, out, n0, 1.0f);
+  group_mix<VB>(&p[0][0], ld, ws.v + h * ws.key_rows, ws.keys, ws.dp, o, rows, 1.0f);
+  if (!stores_in_place<T>(ws)) store_group(ws.op, ws.dp, rows, ws.d, out, n0);
 }
 
-// Backward of one group and one head: dq rows, and the group's shares of dK and dV added to the
-// task's sums. P = exp(S - lse), dS = P * (dO Vᵀ - rowsum(P * dO Vᵀ)) (rowsum(dO * O) without O).
+// Backward of one group and one head: dq rows, and the group's shares of dK (unscaled) and dV added
+// to the task's sums. P = exp(S - lse), dS = P * (dO Vᵀ - rowsum(P * dO Vᵀ)) (rowsum(dO * O) without O).
 template <int VB, int CH, typename T>
 LOGO_INLINE void few_keys_bwd_group(Rows<const T> dout, Rows<const T> q, Rows<T> dq, const float* lse, int64_t n0,
                                     int rows, float scale, FewKeyPanels& ws, int64_t h) {
-  const int64_t d = ws.d, dp = ws.dp, ld = CH * kKeyLanes;
-  pack_group(q, n0, rows, d, dp, ws.qp, scale);
-  pack_group(dout, n0, rows, d, dp, ws.gp, 1.0f);
+  const int64_t ld = CH * kKeyLanes;
+  const float *x[kGroup], *gx[kGroup];
+  float* o[kGroup];
+  group_rows(q, n0, rows, ws, ws.qp, x);
+  group_rows(dout, n0, rows, ws, ws.gp, gx);
+  group_outputs(dq, n0, rows, ws, o);
   KeyVec s[kGroup][CH], g[kGroup][CH];
-  group_scores<CH>(ws.qp, dp, ws.kt + h * ws.key_t, d, s);
-  group_scores<CH>(ws.gp, dp, ws.vt + h * ws.key_t, d, g);
+  group_scores<CH>(x, ws.kt + h * ws.key_t, ws.d, s);
+  group_scores<CH>(gx, ws.vt + h * ws.key_t, ws.d, g);
   alignas(64) float p[kGroup][CH * kKeyLanes], ds[kGroup][CH * kKeyLanes];
   for (int r = 0; r < kGroup; ++r) {
     mask_keys<CH>(s[r], ws.keys);
@@ -229,11 +279,10 @@ LOGO_INLINE void few_keys_bwd_group(Rows<const T> dout, Rows<const T> q, Rows<T>
       store<float, 32>(ds[r] + j * kKeyLanes, s[r][j] * (g[r][j] - delta));
     }
   }
-  const int64_t panel = h * ws.key_rows;
-  group_mix<VB>(&ds[0][0], ld, ws.k + panel, ws.keys, dp, ws.op);
-  store_group(ws.op, dp, rows, d, dq, n0, scale);
-  group_outer<VB>(&p[0][0], ld, ws.gp, ws.keys, dp, ws.dv + panel);
-  group_outer<VB>(&ds[0][0], ld, ws.qp, ws.keys, dp, ws.dk + panel);
+  group_mix<VB>(&ds[0][0], ld, ws.k + h * ws.key_rows, ws.keys, ws.dp, o, rows, scale);
+  if (!stores_in_place<T>(ws)) store_group(ws.op, ws.dp, rows, ws.d, dq, n0);
+  group_outer<VB, CH>(&p[0][0], gx, ws.dp, ws.dv + h * ws.sum_rows);
+  group_outer<VB, CH>(&ds[0][0], x, ws.dp, ws.dk + h * ws.sum_rows);
 }
 
 }  // namespace logo_attn::cpu

@@ -17,7 +17,7 @@ LOGO_INLINE void few_keys_fwd(const AttnArgs& a, int64_t begin, int64_t end) {
   for (int64_t task = begin; task < end; ++task) {
     const int64_t b = task / blocks, n_end = std::min(a.q_tokens, (task % blocks + 1) * kTokenBlock);
     head_rows(a.k, b, a.heads, k), head_rows(a.v, b, a.heads, v);
-    ws.pack(k.data(), v.data(), b, /*transposed_v=*/false);
+    ws.pack(k.data(), v.data(), b, /*transposed_v=*/false, float(a.scale));
     for (int64_t n0 = task % blocks * kTokenBlock; n0 < n_end; n0 += kGroup) {
       const int rows = int(std::min<int64_t>(kGroup, n_end - n0));
       const int64_t next_end = std::min(n_end, n0 + 2 * kGroup);
@@ -25,7 +25,7 @@ LOGO_INLINE void few_keys_fwd(const AttnArgs& a, int64_t begin, int64_t end) {
         prefetch_group(slice<const T>(a.q, b, h), n0 + kGroup, next_end, a.head_dim, false);
         prefetch_group(slice<T>(a.out, b, h), n0 + kGroup, next_end, a.head_dim, true);
         few_keys_fwd_group<VB, CH, T>(slice<const T>(a.q, b, h), slice<T>(a.out, b, h),
-                                      lse_slice<float>(a, b, h) + n0, n0, rows, float(a.scale), ws, h);
+                                      lse_slice<float>(a, b, h) + n0, n0, rows, ws, h);
       }
     }
   }
