@@ -141,6 +141,16 @@ def test_window_pool_matches_reference(cpp, dtype, B, grid, window, C, strided):
     compare(dict(out=out, dx=dx), lambda x, **kw: (reference.window_pool(x, grid, window),), (x,), dout, dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_window_pool_matches_reference_on_every_16bit_value(cpp, dtype):
+    """All 65536 bit patterns (subnormals, infinities and NaNs included) through one-token windows:
+    the forward widens 16-bit rows to fp32 a vector at a time, and a window of one token must give
+    the token back, as torch's own conversion reads it."""
+    x = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16).view(dtype).reshape(1, 512, 128)
+    out = cpp.window_pool_fwd(x, [1, 16, 32], [1, 1, 1])
+    torch.testing.assert_close(out.float(), x.float(), rtol=0, atol=0, equal_nan=True)
+
+
 def pass_in_fresh_process(variable: str, value: str, selection: str, probe: str, expected: str,
                           files=("test_csrc.py", "test_csrc_shift_bias.py")):
     """Runs the tests of `files` matching `selection` with the environment variable set, after

@@ -116,6 +116,34 @@ template <typename T, int VB> LOGO_INLINE vec<T, VB> load(const T* p) {
 template <typename T, int VB> LOGO_INLINE void store(T* p, vec<T, VB> v) { __builtin_memcpy(p, &v, VB); }
 template <typename T, int VB> LOGO_INLINE vec<T, VB> splat(T x) { return vec<T, VB>{} + x; }
 
+// lanes<float, VB> 16-bit values from p widened to fp32, exactly as to_acc does one at a time, but
+// in vector registers (a loop of to_acc calls into a buffer stays scalar). fp16: the same bit
+// arithmetic, its three cases (zero/subnormal, inf/NaN, normal) selected per lane.
+template <int VB> LOGO_INLINE vec<float, VB> widen(const bf16* p) {
+  vec<uint16_t, VB / 2> h;
+  __builtin_memcpy(&h, p, VB / 2);
+  const vec<uint32_t, VB> bits = __builtin_convertvector(h, vec<uint32_t, VB>) << 16;
+  vec<float, VB> f;
+  __builtin_memcpy(&f, &bits, VB);
+  return f;
+}
+template <int VB> LOGO_INLINE vec<float, VB> widen(const f16* p) {
+  using U = vec<uint32_t, VB>;
+  vec<uint16_t, VB / 2> h;
+  __builtin_memcpy(&h, p, VB / 2);
+  const U x = __builtin_convertvector(h, U);
+  const U sign = (x & 0x8000u) << 16, exponent = (x >> 10) & 0x1fu, mantissa = x & 0x3ffu;
+  const vec<float, VB> subnormal = __builtin_convertvector(mantissa, vec<float, VB>) * 5.9604644775390625e-8f;
+  U subnormal_bits;
+  __builtin_memcpy(&subnormal_bits, &subnormal, VB);
+  const U bits = exponent == 0u ? (subnormal_bits | sign)
+                 : exponent == 31u ? (sign | 0x7f800000u | (mantissa << 13))
+                                   : (sign | ((exponent + 112u) << 23) | (mantissa << 13));
+  vec<float, VB> f;
+  __builtin_memcpy(&f, &bits, VB);
+  return f;
+}
+
 // Lane reductions as a halving tree: add (or max) the two halves until two lanes are left. log2
 // steps on registers instead of a serial chain, and a fixed order, so results stay reproducible.
 struct MaxOp {
