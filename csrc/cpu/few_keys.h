@@ -103,7 +103,7 @@ template <typename T> void head_rows(const Tensor4& t, int64_t b, int64_t heads,
 // The float rows of a group: where the input is fp32 and its rows hold whole vectors (d == dp), the
 // input rows themselves, read in place; else converted into `buf` (kGroup x dp). Rows past the
 // group's end read zeros: their results are computed and dropped, and their gradient shares are zero.
-template <typename T>
+template <int VB, typename T>
 LOGO_INLINE void group_rows(Rows<const T> src, int64_t n0, int rows, const FewKeyPanels& ws, float* buf,
                             const float* (&x)[kGroup]) {
   const int64_t d = ws.d, dp = ws.dp;
@@ -113,10 +113,7 @@ LOGO_INLINE void group_rows(Rows<const T> src, int64_t n0, int rows, const FewKe
       return;
     }
   }
-  for (int r = 0; r < rows; ++r) {
-    const T* s = src.row(n0 + r);
-    for (int64_t c = 0; c < d; ++c) buf[r * dp + c] = to_acc(s[c]);
-  }
+  for (int r = 0; r < rows; ++r) widen_row<VB>(src.row(n0 + r), d, 1.0f, buf + r * dp);
   std::fill(buf + rows * dp, buf + kGroup * dp, 0.0f);
   for (int r = 0; r < kGroup; ++r) x[r] = buf + r * dp;
 }
@@ -230,7 +227,7 @@ LOGO_INLINE void few_keys_fwd_group(Rows<const T> q, Rows<T> out, float* lse, in
   const int64_t ld = CH * kKeyLanes;
   const float* x[kGroup];
   float* o[kGroup];
-  group_rows(q, n0, rows, ws, ws.qp, x);
+  group_rows<VB>(q, n0, rows, ws, ws.qp, x);
   group_outputs(out, n0, rows, ws, o);
   KeyVec s[kGroup][CH];
   group_scores<CH>(x, ws.kt + h * ws.key_t, ws.d, s);
@@ -261,8 +258,8 @@ LOGO_INLINE void few_keys_bwd_group(Rows<const T> dout, Rows<const T> q, Rows<T>
   const int64_t ld = CH * kKeyLanes;
   const float *x[kGroup], *gx[kGroup];
   float* o[kGroup];
-  group_rows(q, n0, rows, ws, ws.qp, x);
-  group_rows(dout, n0, rows, ws, ws.gp, gx);
+  group_rows<VB>(q, n0, rows, ws, ws.qp, x);
+  group_rows<VB>(dout, n0, rows, ws, ws.gp, gx);
   group_outputs(dq, n0, rows, ws, o);
   KeyVec s[kGroup][CH], g[kGroup][CH];
   group_scores<CH>(x, ws.kt + h * ws.key_t, ws.d, s);

@@ -144,6 +144,18 @@ template <int VB> LOGO_INLINE vec<float, VB> widen(const f16* p) {
   return f;
 }
 
+template <typename T> constexpr bool kSixteenBit = std::is_same_v<T, bf16> || std::is_same_v<T, f16>;
+
+// dst[0, n) = scale * src[0, n) in the accumulation type, 16-bit values widened a vector at a time.
+template <int VB, typename T, typename A = acc_t<T>>
+LOGO_INLINE void widen_row(const T* src, int64_t n, A scale, A* dst) {
+  int64_t c = 0;
+  if constexpr (kSixteenBit<T>) {
+    for (; c + lanes<float, VB> <= n; c += lanes<float, VB>) store<float, VB>(dst + c, widen<VB>(src + c) * scale);
+  }
+  for (; c < n; ++c) dst[c] = to_acc(src[c]) * scale;
+}
+
 // Lane reductions as a halving tree: add (or max) the two halves until two lanes are left. log2
 // steps on registers instead of a serial chain, and a fixed order, so results stay reproducible.
 struct MaxOp {
