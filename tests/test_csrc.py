@@ -151,6 +151,19 @@ def test_window_pool_matches_reference_on_every_16bit_value(cpp, dtype):
     torch.testing.assert_close(out.float(), x.float(), rtol=0, atol=0, equal_nan=True)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_window_pool_matches_reference_rounding_every_16bit_pair(cpp, dtype):
+    """Two-token windows over random bit patterns (every class: subnormals, infinities, NaNs, ties):
+    the kernel's fp32 mean is (a + b) * 0.5, as below, so its output must be torch's own rounding of
+    that value to 16 bits, exactly; the forward rounds a vector of channels at a time."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(-(2**15), 2**15, (2, 2 * 64, 136), generator=g, dtype=torch.int32).to(torch.int16).view(dtype)
+    out = cpp.window_pool_fwd(x, [2, 8, 8], [2, 1, 1])
+    pairs = x.float().view(2, 2, 64, 136)
+    expected = ((pairs[:, 0] + pairs[:, 1]) * 0.5).to(dtype)
+    torch.testing.assert_close(out.float(), expected.float(), rtol=0, atol=0, equal_nan=True)
+
+
 def pass_in_fresh_process(variable: str, value: str, selection: str, probe: str, expected: str,
                           files=("test_csrc.py", "test_csrc_shift_bias.py")):
     """Runs the tests of `files` matching `selection` with the environment variable set, after

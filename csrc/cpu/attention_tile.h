@@ -179,15 +179,11 @@ LOGO_INLINE void pack_columns(Rows<const T> src, const int64_t* ids, int64_t n, 
 }
 
 // dst.row(ids[i])[c] = src[i][c] * scale * (row_scale ? row_scale[i] : 1), rounded to T.
-template <typename T, typename A>
+template <int VB, typename T, typename A>
 LOGO_INLINE void store_rows(const A* src, int64_t ld, int64_t n, int64_t d, Rows<T> dst, const int64_t* ids, A scale,
                             const A* row_scale) {
-  for (int64_t i = 0; i < n; ++i) {
-    const A* s = src + i * ld;
-    T* o = dst.row(ids[i]);
-    const A f = row_scale ? scale * row_scale[i] : scale;
-    for (int64_t c = 0; c < d; ++c) o[c] = from_acc<T>(s[c] * f);
-  }
+  for (int64_t i = 0; i < n; ++i)
+    narrow_row<VB>(src + i * ld, d, row_scale ? scale * row_scale[i] : scale, dst.row(ids[i]));
 }
 
 // A row of scores (keys [0, n), padding up to ld): the padding set to -inf, which the exponentials
@@ -238,7 +234,7 @@ LOGO_INLINE void attention_fwd_tile(Rows<const T> q, Rows<const T> k, Rows<const
     finish_softmax_rows<A, VB>(row_max, row_sum, row_lse, m);  // row_sum becomes 1 / sum
     for (int64_t i = 0; i < m; ++i) lse[ids[i]] = row_lse[i];
     matmul<A, VB>(m, dp, n_k, ws.s, np, 1, ws.v, dp, ws.out, dp, false);
-    store_rows(ws.out, dp, m, d, out, ids, A(1), row_sum);
+    store_rows<VB>(ws.out, dp, m, d, out, ids, A(1), row_sum);
   }
   for (int64_t i = n_q; i < next.n; ++i) next.fetch(i);
 }
@@ -293,7 +289,7 @@ LOGO_INLINE void attention_bwd_tile(Rows<const T> dout, Rows<const T> q, Rows<co
     matmul<A, VB>(n_k, dp, m, ws.s, 1, np, ws.dout, dp, ws.dv, dp, accumulate);  // Pᵀ dO
     matmul<A, VB>(n_k, dp, m, ws.ds, 1, np, ws.q, dp, ws.dk, dp, accumulate);    // dSᵀ (scale Q)
     matmul<A, VB>(m, dp, n_k, ws.ds, np, 1, ws.k, dp, ws.out, dp, false);
-    store_rows(ws.out, dp, m, d, dq, ids, scale, static_cast<const A*>(nullptr));
+    store_rows<VB>(ws.out, dp, m, d, dq, ids, scale, static_cast<const A*>(nullptr));
   }
   for (int64_t i = n_q; i < next.n; ++i) next.fetch(i);
 }

@@ -136,12 +136,9 @@ LOGO_INLINE void group_outputs(Rows<T> dst, int64_t n0, int rows, const FewKeyPa
   }
 }
 
-template <typename T>
+template <int VB, typename T>
 LOGO_INLINE void store_group(const float* src, int64_t dp, int rows, int64_t d, Rows<T> dst, int64_t n0) {
-  for (int r = 0; r < rows; ++r) {
-    T* o = dst.row(n0 + r);
-    for (int64_t c = 0; c < d; ++c) o[c] = from_acc<T>(src[r * dp + c]);
-  }
+  for (int r = 0; r < rows; ++r) narrow_row<VB>(src + r * dp, d, 1.0f, dst.row(n0 + r));
 }
 
 // Rows [n0, n_end) of one head's slice (at most a group) fetched into L2 a group ahead: a group
@@ -247,7 +244,7 @@ LOGO_INLINE void few_keys_fwd_group(Rows<const T> q, Rows<T> out, float* lse, in
     for (int j = 0; j < CH; ++j) store<float, 32>(p[r] + j * kKeyLanes, s[r][j] * inv[r]);
   for (int r = 0; r < rows; ++r) lse[r] = row_lse[r];
   group_mix<VB>(&p[0][0], ld, ws.v + h * ws.key_rows, ws.keys, ws.dp, o, rows, 1.0f);
-  if (!stores_in_place<T>(ws)) store_group(ws.op, ws.dp, rows, ws.d, out, n0);
+  if (!stores_in_place<T>(ws)) store_group<VB>(ws.op, ws.dp, rows, ws.d, out, n0);
 }
 
 // Backward of one group and one head: dq rows, and the group's shares of dK (unscaled) and dV added
@@ -277,7 +274,7 @@ LOGO_INLINE void few_keys_bwd_group(Rows<const T> dout, Rows<const T> q, Rows<T>
     }
   }
   group_mix<VB>(&ds[0][0], ld, ws.k + h * ws.key_rows, ws.keys, ws.dp, o, rows, scale);
-  if (!stores_in_place<T>(ws)) store_group(ws.op, ws.dp, rows, ws.d, dq, n0);
+  if (!stores_in_place<T>(ws)) store_group<VB>(ws.op, ws.dp, rows, ws.d, dq, n0);
   group_outer<VB, CH>(&p[0][0], gx, ws.dp, ws.dv + h * ws.sum_rows);
   group_outer<VB, CH>(&ds[0][0], x, ws.dp, ws.dk + h * ws.sum_rows);
 }

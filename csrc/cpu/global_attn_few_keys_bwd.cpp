@@ -38,8 +38,8 @@ LOGO_INLINE void few_keys_bwd(const AttnArgs& a, int64_t begin, int64_t end) {
       const float* dk = ws.dk + h * ws.sum_rows;
       const float* dv = ws.dv + h * ws.sum_rows;
       if (a.splits == 1) {
-        store_rows(dk, dp, n_k, d, slice<T>(a.dk, b, h), ids.data(), scale, static_cast<float*>(nullptr));
-        store_rows(dv, dp, n_k, d, slice<T>(a.dv, b, h), ids.data(), 1.0f, static_cast<float*>(nullptr));
+        store_rows<VB>(dk, dp, n_k, d, slice<T>(a.dk, b, h), ids.data(), scale, static_cast<float*>(nullptr));
+        store_rows<VB>(dv, dp, n_k, d, slice<T>(a.dv, b, h), ids.data(), 1.0f, static_cast<float*>(nullptr));
       } else {
         float* pk = partial_slice<float>(a, b * a.heads + h, r);
         float* pv = pk + n_k * d;

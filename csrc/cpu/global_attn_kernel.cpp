@@ -72,8 +72,8 @@ template <int VB, typename T> LOGO_INLINE void global_bwd(const AttnArgs& a, int
                               slice<T>(a.dq, b, h), ids.data() + t.q0, t.q1 - t.q0, ids.data(), n_k, d, A(a.scale),
                               PairBias<A>{}, ws, next);
     if (a.splits == 1) {
-      store_rows(ws.dk, dp, n_k, d, slice<T>(a.dk, b, h), ids.data(), A(1), static_cast<A*>(nullptr));
-      store_rows(ws.dv, dp, n_k, d, slice<T>(a.dv, b, h), ids.data(), A(1), static_cast<A*>(nullptr));
+      store_rows<VB>(ws.dk, dp, n_k, d, slice<T>(a.dk, b, h), ids.data(), A(1), static_cast<A*>(nullptr));
+      store_rows<VB>(ws.dv, dp, n_k, d, slice<T>(a.dv, b, h), ids.data(), A(1), static_cast<A*>(nullptr));
     } else {
       A* dk = partial_slice<A>(a, b * a.heads + h, t.range);
       A* dv = dk + n_k * d;

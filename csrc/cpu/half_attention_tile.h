@@ -179,7 +179,7 @@ LOGO_INLINE void half_attention_fwd_tile(Rows<const T> q, Rows<const T> k, Rows<
     for (int64_t i = 0; i < m; ++i) lse[qids[i]] = row_lse[i];
     round_rows(ws.s, np, m, n, 1.0f, ws.p, ne);
     g.multiply(m, d, ne, ne, d, dp, false, ws.p, ws.v, ws.out);
-    store_rows(ws.out, dp, m, d, out, qids, 1.0f, row_sum);
+    store_rows<VB>(ws.out, dp, m, d, out, qids, 1.0f, row_sum);
   }
   for (int64_t i = n; i < next.n; ++i) next.fetch(i);
 }
@@ -228,7 +228,7 @@ LOGO_INLINE void half_attention_bwd_tile(Rows<const T> dout, Rows<const T> q, Ro
     g.multiply(n, d, me, me, d, dp, accumulate, ws.pt, ws.doutb, ws.dv);
     g.multiply(n, d, me, me, d, dp, accumulate, ws.dst, ws.qb, ws.dk);
     g.multiply(m, d, ne, ne, d, dp, false, ws.ds, ws.k, ws.out);
-    store_rows(ws.out, dp, m, d, dq, qids, 1.0f, static_cast<const float*>(nullptr));
+    store_rows<VB>(ws.out, dp, m, d, dq, qids, 1.0f, static_cast<const float*>(nullptr));
   }
   for (int64_t i = n; i < next.n; ++i) next.fetch(i);
 }

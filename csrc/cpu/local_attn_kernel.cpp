@@ -161,8 +161,8 @@ template <int VB, typename T, bool kHalf> LOGO_INLINE void local_bwd_on(const At
       else
         attention_bwd_tile<VB, T>(dout, q, k, v, lse_slice<const A>(a, b, h), slice<T>(a.dq, b, h), t.ids, t.n,
                                   t.ids, t.n, a.head_dim, A(a.scale), bias, ws, next);
-      store_rows(ws.dk, ws.dim_padded, t.n, a.head_dim, slice<T>(a.dk, b, h), t.ids, A(1), static_cast<A*>(nullptr));
-      store_rows(ws.dv, ws.dim_padded, t.n, a.head_dim, slice<T>(a.dv, b, h), t.ids, A(1), static_cast<A*>(nullptr));
+      store_rows<VB>(ws.dk, ws.dim_padded, t.n, a.head_dim, slice<T>(a.dk, b, h), t.ids, A(1), static_cast<A*>(nullptr));
+      store_rows<VB>(ws.dv, ws.dim_padded, t.n, a.head_dim, slice<T>(a.dv, b, h), t.ids, A(1), static_cast<A*>(nullptr));
     }
   }
   if constexpr (kHalf) a.half_gemm->release();

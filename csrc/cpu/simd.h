@@ -144,6 +144,41 @@ template <int VB> LOGO_INLINE vec<float, VB> widen(const f16* p) {
   return f;
 }
 
+// lanes<float, VB> fp32 values rounded to bf16 / fp16 into p, exactly as from_acc rounds one at a
+// time (the same bit arithmetic, per lane).
+template <int VB> LOGO_INLINE void narrow(vec<float, VB> x, bf16* p) {
+  using U = vec<uint32_t, VB>;
+  U bits;
+  __builtin_memcpy(&bits, &x, VB);
+  bits += 0x7FFFu + ((bits >> 16) & 1u);
+  const U rounded = x != x ? U{} + 0x7FC0u : bits >> 16;
+  const vec<uint16_t, VB / 2> h = __builtin_convertvector(rounded, vec<uint16_t, VB / 2>);
+  __builtin_memcpy(p, &h, VB / 2);
+}
+template <int VB> LOGO_INLINE void narrow(vec<float, VB> x, f16* p) {
+  using U = vec<uint32_t, VB>;
+  using F = vec<float, VB>;
+  U w;
+  __builtin_memcpy(&w, &x, VB);
+  const U magnitude_bits = w & 0x7fffffffu;
+  F magnitude;
+  __builtin_memcpy(&magnitude, &magnitude_bits, VB);
+  F base = (magnitude * bits_to_float(0x77800000u)) * bits_to_float(0x08800000u);
+  const U shl1_w = w + w, sign = w & 0x80000000u;
+  U bias = shl1_w & 0xff000000u;
+  bias = bias < 0x71000000u ? U{} + 0x71000000u : bias;
+  const U bias_bits = (bias >> 1) + 0x07800000u;
+  F bias_value;
+  __builtin_memcpy(&bias_value, &bias_bits, VB);
+  base = bias_value + base;
+  U bits;
+  __builtin_memcpy(&bits, &base, VB);
+  const U nonsign = ((bits >> 13) & 0x7c00u) + (bits & 0x0fffu);
+  const U h32 = (sign >> 16) | (shl1_w > 0xff000000u ? U{} + 0x7e00u : nonsign);
+  const vec<uint16_t, VB / 2> h = __builtin_convertvector(h32, vec<uint16_t, VB / 2>);
+  __builtin_memcpy(p, &h, VB / 2);
+}
+
 template <typename T> constexpr bool kSixteenBit = std::is_same_v<T, bf16> || std::is_same_v<T, f16>;
 
 // dst[0, n) = scale * src[0, n) in the accumulation type, 16-bit values widened a vector at a time.
@@ -154,6 +189,16 @@ LOGO_INLINE void widen_row(const T* src, int64_t n, A scale, A* dst) {
     for (; c + lanes<float, VB> <= n; c += lanes<float, VB>) store<float, VB>(dst + c, widen<VB>(src + c) * scale);
   }
   for (; c < n; ++c) dst[c] = to_acc(src[c]) * scale;
+}
+
+// dst[0, n) = scale * src[0, n) rounded to T, 16-bit values a vector at a time.
+template <int VB, typename T, typename A = acc_t<T>>
+LOGO_INLINE void narrow_row(const A* src, int64_t n, A scale, T* dst) {
+  int64_t c = 0;
+  if constexpr (kSixteenBit<T>) {
+    for (; c + lanes<float, VB> <= n; c += lanes<float, VB>) narrow<VB>(load<float, VB>(src + c) * scale, dst + c);
+  }
+  for (; c < n; ++c) dst[c] = from_acc<T>(src[c] * scale);
 }
 
 // Lane reductions as a halving tree: add (or max) the two halves until two lanes are left. log2

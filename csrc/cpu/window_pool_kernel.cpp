@@ -48,8 +48,10 @@ LOGO_INLINE void mean_rows(const T* x, const int64_t* ids, int64_t n, int64_t to
     const T* row = x + ids[i] * token_stride;
     for (int k = 0; k < NV; ++k) sum[k] += load_acc<VB>(row + k * V);
   }
-  for (int k = 0; k < NV; ++k)
-    for (int l = 0; l < V; ++l) out[k * V + l] = from_acc<T>(sum[k][l] * inv);
+  for (int k = 0; k < NV; ++k) {
+    if constexpr (std::is_same_v<T, A>) store<A, VB>(out + k * V, sum[k] * inv);
+    else narrow<VB>(sum[k] * inv, out + k * V);
+  }
 }
 
 template <int VB, typename T> LOGO_INLINE void pool_fwd(const PoolArgs& a, int64_t begin, int64_t end) {
