@@ -141,7 +141,7 @@ def test_window_pool_matches_reference(cpp, dtype, B, grid, window, C, strided):
     compare(dict(out=out, dx=dx), lambda x, **kw: (reference.window_pool(x, grid, window),), (x,), dout, dtype)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dtype", DTYPES[2:])  # bfloat16, float16
 def test_window_pool_matches_reference_on_every_16bit_value(cpp, dtype):
     """All 65536 bit patterns (subnormals, infinities and NaNs included) through one-token windows:
     the forward widens 16-bit rows to fp32 a vector at a time, and a window of one token must give
@@ -151,7 +151,7 @@ def test_window_pool_matches_reference_on_every_16bit_value(cpp, dtype):
     torch.testing.assert_close(out.float(), x.float(), rtol=0, atol=0, equal_nan=True)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dtype", DTYPES[2:])  # bfloat16, float16
 def test_window_pool_matches_reference_rounding_every_16bit_pair(cpp, dtype):
     """Two-token windows over random bit patterns (every class: subnormals, infinities, NaNs, ties):
     the kernel's fp32 mean is (a + b) * 0.5, as below, so its output must be torch's own rounding of
